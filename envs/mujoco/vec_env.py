@@ -1,0 +1,297 @@
+"""Batched MuJoCo env: N scenes stepped in threads, the contract of ``envs/base.py``.
+
+Each env owns an MjModel copy (hidden mass, friction and size are model parameters) and an MjData.
+Physics runs in a thread pool: ``mj_step`` releases the GIL, so 2 threads use 2 cores. Task logic
+(held detection, attempts, reward, observations) runs vectorised in numpy over all envs, float64
+inside; observations leave as float32 torch tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import mujoco
+import numpy as np
+import torch
+
+from envs import rng
+from envs.base import ObsSpec
+from envs.mujoco import scene
+from envs.mujoco.config import TaskConfig
+from envs.mujoco.observations import ObservationManager
+from envs.mujoco.tasks import make_task
+
+ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (> 0 closes)
+STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, mocap, warm start
+_BADQACC = int(mujoco.mjtWarning.mjWARN_BADQACC)
+
+
+class MujocoVecEnv:
+    # Task-state fields packed after the MuJoCo state by get_state: name -> width per object (O) or 1.
+    _SCALARS = ("step", "attempt", "episode_index", "seed_lo", "seed_hi", "hold_count", "drop_left",
+                "noise_left", "closed", "ep_return", "ever_touched")
+    _PER_OBJECT = ("occl_left", "revealed", "held_prev", "grasp_z", "half", "mass", "friction", "static")
+
+    def __init__(self, cfg: TaskConfig, device: str = "cpu"):
+        self.cfg = cfg
+        self.num_envs = N = cfg.num_envs
+        self.device = torch.device(device)
+        self.num_actions = ACTION_DIM
+        self.max_episode_length = cfg.episode_length
+        self.n_cubes = cfg.n_cubes
+        self.n_objects = O = cfg.n_cubes + int(cfg.has_base)
+        self.task = make_task(cfg)
+        self.scene_spec = scene.SceneSpec(cfg.n_cubes, cfg.has_base, cfg.cube.half_size[1], cfg.timestep)
+        self.mjcf = scene.build_mjcf(self.scene_spec)
+        base_model = mujoco.MjModel.from_xml_string(self.mjcf)
+        self.models = [copy.copy(base_model) for _ in range(N)]
+        self.datas = [mujoco.MjData(m) for m in self.models]
+        names = scene.cube_names(self.scene_spec)
+        self._body = np.array([base_model.body(n).id for n in names])
+        self._geom = np.array([base_model.geom(f"{n}_geom").id for n in names])
+        self._eq = np.array([base_model.equality(f"{n}_static").id for n in names])
+        self._mocap = np.array([base_model.body_mocapid[base_model.body(f"{n}_anchor").id] for n in names])
+        self._qadr = 6 + 7 * np.arange(O)  # free joints follow the 6 gripper joints
+        self._vadr = 6 + 6 * np.arange(O)
+        self._jnt_lo = base_model.jnt_range[:4, 0].copy()
+        self._jnt_hi = base_model.jnt_range[:4, 1].copy()
+        self.mj_state_size = mujoco.mj_stateSize(base_model, STATE_SPEC)
+        self.obs_manager = ObservationManager(cfg.observations, cfg.n_cubes, cfg.has_base)
+        self.obs_spec: ObsSpec = self.obs_manager.spec
+
+        self._qpos = np.zeros((N, base_model.nq))
+        self._qvel = np.zeros((N, base_model.nv))
+        self._ctrl = np.zeros((N, base_model.nu))
+        self._kick = np.zeros((N, O, 3))
+        self._unstable = np.zeros(N, bool)
+        self.target = np.zeros((N, 4))  # x, y, z, yaw position targets of the arm servos
+        self.st = {k: np.zeros(N) for k in self._SCALARS}
+        self.st.update({k: np.zeros((N, O)) for k in self._PER_OBJECT})
+        self.base_seed = int(cfg.seed)
+        threads = cfg.num_threads or os.cpu_count() or 1
+        self._chunks = [c for c in np.array_split(np.arange(N), min(threads, N)) if len(c)]
+        self._pool = ThreadPoolExecutor(len(self._chunks)) if len(self._chunks) > 1 else None
+        self._frame_cache = None
+
+    # ------------------------------------------------------------------ seeds and state views
+    @property
+    def seeds(self) -> np.ndarray:
+        return (self.st["seed_hi"].astype(np.uint64) << np.uint64(32)) | self.st["seed_lo"].astype(np.uint64)
+
+    @property
+    def episode_length_buf(self) -> torch.Tensor:
+        """Steps taken in the current episode, (N,); PPO may randomise it once to desynchronise resets."""
+        return torch.as_tensor(self.st["step"], dtype=torch.long)
+
+    @episode_length_buf.setter
+    def episode_length_buf(self, value) -> None:
+        self.st["step"][:] = np.asarray(torch.as_tensor(value).cpu(), dtype=np.float64)
+
+    # ------------------------------------------------------------------ physics
+    def _run_chunk(self, ids: np.ndarray) -> None:
+        nstep = self.cfg.substeps
+        for i in ids:
+            m, d = self.models[i], self.datas[i]
+            d.ctrl[:] = self._ctrl[i]
+            if self._kick[i].any():
+                for o in np.nonzero(self._kick[i].any(1))[0]:
+                    d.qvel[self._vadr[o]: self._vadr[o] + 3] += self._kick[i, o]
+            mujoco.mj_step(m, d, nstep=nstep)
+            if d.warning[_BADQACC].number:  # MuJoCo reset this data after a blow-up
+                self._unstable[i] = True
+                d.warning[_BADQACC].number = 0
+            self._qpos[i] = d.qpos
+            self._qvel[i] = d.qvel
+
+    def _physics_step(self) -> None:
+        if self._pool is None:
+            self._run_chunk(self._chunks[0])
+        else:
+            list(self._pool.map(self._run_chunk, self._chunks))
+
+    def _read_data(self, ids) -> None:
+        for i in ids:
+            self._qpos[i] = self.datas[i].qpos
+            self._qvel[i] = self.datas[i].qvel
+
+    # ------------------------------------------------------------------ frame: everything task logic reads
+    def _frame(self) -> SimpleNamespace:
+        N, O, C = self.num_envs, self.n_objects, self.n_cubes
+        q, v, st = self._qpos, self._qvel, self.st
+        obj_pos = np.stack([q[:, a: a + 3] for a in self._qadr], 1)
+        quat = np.stack([q[:, a + 3: a + 7] for a in self._qadr], 1)
+        w, x, y, z = quat[..., 0], quat[..., 1], quat[..., 2], quat[..., 3]
+        f = SimpleNamespace(
+            n_envs=N, n_cubes=C, seeds=self.seeds, steps=st["step"].astype(np.uint64),
+            grip_pos=q[:, 0:3], grip_yaw=q[:, 3], fingers=q[:, 4:6], grip_vel=v[:, 0:3],
+            closed=st["closed"] > 0, obj_pos=obj_pos,
+            obj_yaw=np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)),
+            obj_vel=np.stack([v[:, a: a + 3] for a in self._vadr], 1),
+            half=st["half"], mass=st["mass"], friction=st["friction"], static=st["static"] > 0,
+            visible=st["occl_left"] == 0, time_frac=st["step"] / self.cfg.episode_length,
+        )
+        f.known = np.ones((N, O), bool) if self.cfg.hidden_view == "omniscient" else st["revealed"] > 0
+        f.known_static = f.static & f.known
+        f.held = self._held(f)
+        return f
+
+    def _held(self, f) -> np.ndarray:
+        """(N, O) bool: the closed fingers rest on a cube that sits between them. Geometric, no contacts."""
+        d = f.obj_pos - f.grip_pos[:, None, :]
+        c, s = np.cos(f.grip_yaw)[:, None], np.sin(f.grip_yaw)[:, None]
+        along_pads, across = c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]
+        margin = f.half + 0.012
+        inside = (np.abs(along_pads) < margin) & (np.abs(across) < margin) & (np.abs(d[..., 2]) < margin)
+        touching = (f.fingers.min(1)[:, None] > 0.004) & (f.fingers.max(1)[:, None] < f.half + 0.008)
+        held = f.closed[:, None] & inside & touching
+        if self.cfg.has_base:
+            held[:, self.n_cubes] = False  # the base is never the object being manipulated
+        return held
+
+    # ------------------------------------------------------------------ reset
+    def _apply_hidden(self, i: int) -> None:
+        m, st = self.models[i], self.st
+        for o in range(self.n_objects):
+            h, mass = st["half"][i, o], st["mass"][i, o]
+            b, g = self._body[o], self._geom[o]
+            m.body_mass[b] = mass
+            m.body_inertia[b] = mass * (2 * h) ** 2 / 6.0
+            m.geom_size[g] = h
+            m.geom_rbound[g] = np.sqrt(3.0) * h
+            m.geom_aabb[g] = [0, 0, 0, h, h, h]
+            m.geom_friction[g, 0] = st["friction"][i, o]
+
+    def _sample_episode(self, i: int) -> None:
+        """Draw the scene and hidden parameters of env i's next episode from its episode seed."""
+        cfg, O, C, st = self.cfg, self.n_objects, self.n_cubes, self.st
+        seed = rng.episode_seed(self.base_seed, np.array([i]), np.array([int(st["episode_index"][i])]))
+        st["seed_lo"][i] = float(seed[0] & np.uint64(0xFFFFFFFF))
+        st["seed_hi"][i] = float(seed[0] >> np.uint64(32))
+        st["episode_index"][i] += 1
+        zero = np.zeros(1, np.uint64)
+        u = rng.uniform(seed, zero, rng.HIDDEN, 4 * O + 8).reshape(-1)
+
+        def lerp(rng_pair, x):
+            return rng_pair[0] + (rng_pair[1] - rng_pair[0]) * x
+
+        half = lerp(cfg.cube.half_size, u[0])  # one size per episode: the tower's levels stay even
+        st["half"][i] = half
+        st["mass"][i] = lerp(cfg.cube.mass, u[1: 1 + O])
+        st["friction"][i] = lerp(cfg.cube.friction, u[1 + O: 1 + 2 * O])
+        static = u[1 + 2 * O: 1 + 3 * O] < cfg.cube.static_prob
+        static[C:] = False
+        liftable_needed = max(cfg.n_stack, 1)
+        for c in range(C):  # the env guarantees enough liftable cubes to solve the task
+            if (~static[:C]).sum() >= liftable_needed:
+                break
+            static[c] = False
+        st["static"][i] = static
+        if cfg.has_base:  # a heavier base stays where it is put
+            st["mass"][i, C] = max(cfg.cube.mass[1], 0.3)
+        xy = self._sample_layout(seed)
+        yaw = lerp((-np.pi / 4, np.pi / 4), u[1 + 3 * O: 1 + 4 * O])
+        grip = np.array(cfg.layout.gripper_start) + cfg.layout.gripper_start_noise * (2 * u[-3:] - 1)
+        self._write_episode(i, xy, yaw, half, grip, static)
+
+    def _sample_layout(self, seed: np.ndarray) -> np.ndarray:
+        """Cube xy positions at least ``min_separation`` apart, by deterministic rejection sampling."""
+        L, O = self.cfg.layout, self.n_objects
+        cand = (2 * rng.uniform(seed, np.zeros(1, np.uint64), rng.SCENE, 2 * 64).reshape(64, 2) - 1) * L.xy_range
+        chosen: list[np.ndarray] = []
+        for p in cand:
+            if all(np.linalg.norm(p - c) >= L.min_separation for c in chosen):
+                chosen.append(p)
+                if len(chosen) == O:
+                    return np.array(chosen)
+        raise RuntimeError("could not place the cubes; the layout config is too tight")  # guarded by config checks
+
+    def _write_episode(self, i, xy, yaw, half, grip, static) -> None:
+        m, d = self.models[i], self.datas[i]
+        self._apply_hidden(i)
+        mujoco.mj_resetData(m, d)
+        d.qpos[0:3] = grip
+        d.qpos[4:6] = scene.FINGER_OPEN
+        for o in range(self.n_objects):
+            a = self._qadr[o]
+            d.qpos[a: a + 3] = [xy[o, 0], xy[o, 1], half]
+            d.qpos[a + 3: a + 7] = [np.cos(yaw[o] / 2), 0.0, 0.0, np.sin(yaw[o] / 2)]
+            d.mocap_pos[self._mocap[o]] = d.qpos[a: a + 3]
+            d.mocap_quat[self._mocap[o]] = d.qpos[a + 3: a + 7]
+            d.eq_active[self._eq[o]] = bool(static[o])
+        self.target[i] = [grip[0], grip[1], grip[2], 0.0]
+        d.ctrl[:] = [*self.target[i], scene.FINGER_OPEN, scene.FINGER_OPEN]
+        mujoco.mj_forward(m, d)
+        st = self.st
+        for k in ("step", "attempt", "hold_count", "drop_left", "noise_left", "closed", "ep_return", "ever_touched"):
+            st[k][i] = 0
+        for k in ("occl_left", "revealed", "held_prev", "grasp_z"):
+            st[k][i] = 0
+
+    def reset_envs(self, env_ids) -> None:
+        for i in np.asarray(env_ids, dtype=int):
+            self._sample_episode(int(i))
+        self._read_data(np.asarray(env_ids, dtype=int))
+
+    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        if seed is not None:
+            self.base_seed = int(seed)
+            self.st["episode_index"][:] = 0
+        self.reset_envs(np.arange(self.num_envs))
+        return self._to_torch(self.obs_manager.compute(self._frame()))
+
+    def get_observations(self) -> dict[str, torch.Tensor]:
+        return self._to_torch(self.obs_manager.compute(self._frame()))
+
+    def _to_torch(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(self.device) for k, v in obs.items()}
+
+    # ------------------------------------------------------------------ step
+    def step(self, action: torch.Tensor):
+        from envs.mujoco.step_logic import step  # the per-step task logic lives in its own file
+
+        return step(self, action)
+
+    # ------------------------------------------------------------------ full state
+    @property
+    def state_size(self) -> int:
+        return self.mj_state_size + 4 + len(self._SCALARS) + len(self._PER_OBJECT) * self.n_objects
+
+    def get_state(self, env_ids=None) -> torch.Tensor:
+        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(torch.as_tensor(env_ids).cpu(), int)
+        out = np.zeros((len(ids), self.state_size))
+        for r, i in enumerate(ids):
+            buf = np.zeros(self.mj_state_size)
+            mujoco.mj_getState(self.models[i], self.datas[i], buf, STATE_SPEC)
+            task = [self.target[i]] + [[self.st[k][i]] for k in self._SCALARS] + [self.st[k][i] for k in self._PER_OBJECT]
+            out[r] = np.concatenate([buf] + [np.asarray(t, dtype=np.float64).reshape(-1) for t in task])
+        return torch.from_numpy(out)
+
+    def set_state(self, env_ids, states) -> None:
+        ids = np.asarray(torch.as_tensor(env_ids).cpu(), int).reshape(-1)
+        states = np.asarray(torch.as_tensor(states, dtype=torch.float64).cpu()).reshape(len(ids), -1)
+        if states.shape[1] != self.state_size:
+            raise ValueError(f"state has {states.shape[1]} values; this env's states have {self.state_size} "
+                             f"(a state from another task or scene?)")
+        O, S = self.n_objects, self.mj_state_size
+        for r, i in enumerate(ids):
+            s = states[r]
+            self.target[i] = s[S: S + 4]
+            pos = S + 4
+            for k in self._SCALARS:
+                self.st[k][i] = s[pos]
+                pos += 1
+            for k in self._PER_OBJECT:
+                self.st[k][i] = s[pos: pos + O]
+                pos += O
+            self._apply_hidden(i)
+            mujoco.mj_setState(self.models[i], self.datas[i], s[:S], STATE_SPEC)
+            mujoco.mj_forward(self.models[i], self.datas[i])
+        self._read_data(ids)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
