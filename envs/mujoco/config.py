@@ -101,17 +101,17 @@ def _build(cls, data: dict, path: str):
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"unknown env config key {path}{sorted(unknown)[0]!r}; known keys: {sorted(known)}")
+        raise ConfigError(f"unknown env config key env.{path}{sorted(unknown)[0]}; known keys: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
         if is_dataclass(default):
             if not isinstance(value, dict):
-                raise ConfigError(f"env config {path}{name} must be a mapping, got {value!r}")
+                raise ConfigError(f"env.{path}{name} must be a mapping, got {value!r}")
             kwargs[name] = _build(type(default), value, f"{path}{name}.")
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or len(value) != len(default):
-                raise ConfigError(f"env config {path}{name} must be a list of {len(default)} numbers, got {value!r}")
+                raise ConfigError(f"env.{path}{name} must be a list of {len(default)} numbers, got {value!r}")
             kwargs[name] = tuple(float(v) for v in value)
         else:
             kwargs[name] = value
@@ -121,7 +121,7 @@ def _build(cls, data: dict, path: str):
 def _check_range(value: tuple[float, float], name: str, lo: float, hi: float) -> None:
     a, b = value
     if not (lo <= a <= b <= hi):
-        raise ConfigError(f"env config {name}={list(value)} must satisfy {lo} <= low <= high <= {hi}")
+        raise ConfigError(f"{name}={list(value)} must satisfy {lo} <= low <= high <= {hi}")
 
 
 def parse_task_config(data: dict) -> TaskConfig:

@@ -68,7 +68,7 @@ def build_mjcf(spec: SceneSpec) -> str:
     )
     welds = "".join(
         f'\n    <weld name="{n}_static" body1="{n}" body2="{n}_anchor" relpose="0 0 0 1 0 0 0" '
-        f'active="false" solref="0.01 1"/>'
+        f'active="false" solref="0.02 1"/>'
         for n in names
     )
     t = spec.table_half_extent

@@ -26,7 +26,8 @@ from envs.mujoco.tasks import make_task
 
 ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (> 0 closes)
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, mocap, warm start
-_BADQACC = int(mujoco.mjtWarning.mjWARN_BADQACC)
+# MuJoCo resets an MjData that blows up and counts it in these warnings.
+_BLOWUPS = [int(getattr(mujoco.mjtWarning, w)) for w in ("mjWARN_BADQACC", "mjWARN_BADQVEL", "mjWARN_BADQPOS")]
 
 
 class MujocoVecEnv:
@@ -100,9 +101,10 @@ class MujocoVecEnv:
                 for o in np.nonzero(self._kick[i].any(1))[0]:
                     d.qvel[self._vadr[o]: self._vadr[o] + 3] += self._kick[i, o]
             mujoco.mj_step(m, d, nstep=nstep)
-            if d.warning[_BADQACC].number:  # MuJoCo reset this data after a blow-up
-                self._unstable[i] = True
-                d.warning[_BADQACC].number = 0
+            for w in _BLOWUPS:
+                if d.warning[w].number:
+                    self._unstable[i] = True
+                    d.warning[w].number = 0
             self._qpos[i] = d.qpos
             self._qvel[i] = d.qvel
 

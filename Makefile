@@ -1,0 +1,25 @@
+# Two set-up commands, each works on a fresh machine (Python 3.11, nothing installed):
+#   make pipeline   the whole pipeline on the built-in MuJoCo Lift task, preset=quick
+#   make test       the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: this takes the local CPU build; anything else downloads a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: pipeline test bench
+pipeline: $(VENV)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(PY) pipeline.py stage=all preset=quick $(ARGS)
+
+test: $(VENV)/.installed
+	OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=egl $(PY) -m pytest tests $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/env_throughput.py

@@ -1,0 +1,1 @@
+"""Stage ``bc``: behaviour cloning of the history transformer."""

@@ -1,0 +1,1 @@
+"""Stage ``collect``: retry-until-success demonstrations into zarr."""

@@ -1,0 +1,1 @@
+"""Pieces that several stages share: run-directory rules, metrics logging, policy evaluation."""

@@ -1,0 +1,1 @@
+"""Stage ``eval``: Successes / Mean reward / Mean episode length per (policy device, sim device)."""

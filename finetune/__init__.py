@@ -1,0 +1,1 @@
+"""Stage ``finetune``: PPO fine-tuning of the student."""

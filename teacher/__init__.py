@@ -1,0 +1,1 @@
+"""Stage ``teacher``: the privileged policy that demonstrations come from."""
