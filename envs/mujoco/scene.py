@@ -91,7 +91,7 @@ def build_mjcf(spec: SceneSpec) -> str:
   </asset>
   <worldbody>
     <light pos="0 -0.4 1.2" dir="0 0.3 -1" diffuse="0.8 0.8 0.8"/>
-    <camera name="front" pos="0 -0.75 0.5" xyaxes="1 0 0 0 0.55 0.85"/>
+    <camera name="front" pos="0 -0.55 0.38" xyaxes="1 0 0 0 0.55 0.85"/>
     <geom name="table" type="box" size="{t} {t} 0.02" pos="0 0 -0.02" material="table"
           friction="0.5 0.005 0.0001"/>
     <body name="x_link" pos="0 0 0" gravcomp="1">

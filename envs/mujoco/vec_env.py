@@ -293,7 +293,18 @@ class MujocoVecEnv:
             mujoco.mj_forward(self.models[i], self.datas[i])
         self._read_data(ids)
 
+    def render(self, env_id: int = 0, width: int = 320, height: int = 240) -> np.ndarray:
+        """RGB array (height, width, 3) uint8 of env ``env_id``; raises RenderUnavailable without GL."""
+        from envs.mujoco.render import EnvRenderer
+
+        if getattr(self, "_renderer", None) is None or (self._renderer.width, self._renderer.height) != (width, height):
+            self._renderer = EnvRenderer(self, width, height)
+        return self._renderer.render(env_id)
+
     def close(self) -> None:
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer.close()
+            self._renderer = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

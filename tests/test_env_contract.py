@@ -1,0 +1,126 @@
+"""The VecEnv contract of envs/base.py on the MuJoCo tasks."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs.base import ConfigError
+
+ALL_ON = dict(  # every source of randomness on, so determinism tests mean something
+    perturbations={"drop_rate": 0.05, "push_rate": 0.05, "noise_rate": 0.05},
+    occlusion={"rate": 0.1},
+)
+
+
+def random_actions(n, steps, seed=0, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(n, 5, generator=g) for _ in range(steps)]
+
+
+def test_shapes_dtypes_and_spec(make):
+    env = make("stack_pick_multi", num_envs=4)
+    obs = env.reset()
+    for group in ("policy", "privileged"):
+        assert obs[group].dtype == torch.float32
+        assert obs[group].shape == (4, env.obs_spec.dim(group))
+    assert env.obs_spec.entities("policy") == ["gripper", "cube0", "cube1", "cube2", "base"]
+    obs, reward, done, extras = env.step(torch.zeros(4, 5))
+    assert reward.shape == (4,) and reward.dtype == torch.float32
+    assert done.shape == (4,) and done.dtype == torch.bool
+    for key in ("time_outs", "terminated", "success", "attempt", "final_obs", "perturbations", "episode"):
+        assert key in extras
+    assert env.get_state().shape == (4, env.state_size)
+
+
+def test_time_outs_are_not_terminations_and_final_obs_is_the_last(make):
+    env = make("lift", num_envs=3, episode_length=5)
+    env.reset()
+    for t in range(5):
+        obs, _, done, extras = env.step(torch.zeros(3, 5))
+        if t < 4:
+            assert not done.any()
+    assert done.all() and extras["time_outs"].all() and not extras["terminated"].any()
+    time_col = env.obs_spec.entity_slices("privileged", "task")[0][0]
+    assert torch.allclose(extras["final_obs"]["privileged"][:, time_col], torch.ones(3))  # last step of the episode
+    assert torch.all(obs["privileged"][:, time_col] == 0)  # auto-reset: first obs of the next episode
+    assert torch.all(env.episode_length_buf == 0)
+
+
+def test_same_seed_same_trajectory_different_seed_differs(make):
+    actions = random_actions(4, 40)
+    runs = []
+    for seed in (0, 0, 1):
+        env = make("stack_pick_multi", num_envs=4, seed=seed, **ALL_ON)
+        obs = [env.reset()["policy"]]
+        obs += [env.step(a)[0]["policy"] for a in actions]
+        runs.append(torch.stack(obs))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_get_set_state_round_trip_continues_identically(make):
+    actions = random_actions(4, 50, seed=3)
+    a = make("stack_pick_multi", num_envs=4, seed=5, **ALL_ON)
+    b = make("stack_pick_multi", num_envs=4, seed=99, **ALL_ON)
+    a.reset()
+    b.reset()
+    for act in actions[:20]:
+        a.step(act)
+    b.set_state(torch.arange(4), a.get_state())
+    assert torch.equal(a.get_state(), b.get_state())
+    for act in actions[20:]:
+        oa, ra, da, ea = a.step(act)
+        ob, rb, db, eb = b.step(act)
+        assert torch.equal(oa["policy"], ob["policy"]) and torch.equal(oa["privileged"], ob["privileged"])
+        assert torch.equal(ra, rb) and torch.equal(da, db)
+        assert torch.equal(ea["attempt"], eb["attempt"])
+
+
+def test_set_state_rejects_a_state_from_another_task(make):
+    lift = make("lift", num_envs=1)
+    multi = make("stack_pick_multi", num_envs=1)
+    lift.reset()
+    multi.reset()
+    with pytest.raises(ValueError, match="another task"):
+        multi.set_state([0], lift.get_state([0]))
+
+
+def test_actions_beyond_bounds_act_like_the_bound(make):
+    envs = [make("lift", num_envs=4) for _ in range(2)]
+    for env in envs:
+        env.reset()
+    signs = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0]]).repeat(4, 1)
+    for _ in range(10):
+        o1 = envs[0].step(signs * 7.5)[0]  # raw, far outside [-1, 1]
+        o2 = envs[1].step(signs)[0]
+        assert torch.equal(o1["privileged"], o2["privileged"])
+
+
+def test_occluded_cube_terms_are_exactly_zero_and_masked(make):
+    env = make("stack_pick_multi", num_envs=8, occlusion={"rate": 1.0, "min_steps": 3, "max_steps": 3})
+    env.reset()
+    obs = env.step(torch.zeros(8, 5))[0]
+    spec = env.obs_spec
+    vis = {t.entity: t.start for t in spec.groups["policy"] if t.name == "visible"}
+    pos = {t.entity: (t.start, t.end) for t in spec.groups["policy"] if t.name == "pos"}
+    for cube in ("cube0", "cube1", "cube2"):
+        assert torch.all(obs["policy"][:, vis[cube]] == 0)
+        assert torch.all(obs["policy"][:, pos[cube][0]: pos[cube][1]] == 0)
+    priv_pos = [t for t in spec.groups["privileged"] if t.entity == "cube0" and t.name == "pos"][0]
+    assert torch.all(obs["privileged"][:, priv_pos.start + 2] > 0.01)  # the teacher still sees the cube
+    # with occlusion off the cubes are visible
+    env2 = make("stack_pick_multi", num_envs=8, occlusion={"rate": 0.0})
+    env2.reset()
+    obs2 = env2.step(torch.zeros(8, 5))[0]
+    assert torch.all(obs2["policy"][:, vis["cube0"]] == 1)
+
+
+def test_bad_env_config_values_raise_config_error():
+    from envs import make_env
+    from tests.conftest import env_config
+
+    for bad in (dict(num_envs=0), dict(task="juggle"), dict(hidden_view="psychic"),
+                dict(cube={"mass": [0.5, 0.1]}), dict(n_cubes=2), dict(occlusion={"rate": 2.0}),
+                dict(observations={"policy": {"cube_colour": {}}, "privileged": {}})):
+        with pytest.raises(ConfigError):
+            make_env(env_config("lift", **bad))

@@ -1,0 +1,53 @@
+"""The command-line contract: stages, run directory, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import ROOT
+
+
+def pipeline(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    for args, expected in [(["stage=fly"], "stage='fly'"), (["env=mars"], "env must be one of"),
+                           (["env.num_envs=0"], "env.num_envs"), (["nonsense=1"], "nonsense"),
+                           (["env.cube.static_prob=1.5"], "static_prob")]:
+        r = pipeline(*args, f"run_dir={tmp_path / 'x'}", "logger.mode=disabled")
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_overwrites(tmp_path):
+    run = tmp_path / "run"
+    r = pipeline("stage=teacher", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
+                 "teacher.eval_episodes=8", "env.num_envs=8")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(run / "teacher.pt", weights_only=True)
+    assert ckpt["kind"] == "scripted" and ckpt["env_name"] == "Lift-v1"
+    assert "policy" in ckpt["obs_spec"] and "privileged" in ckpt["obs_spec"]
+    result = json.loads((run / "teacher_eval.json").read_text())
+    assert result["episodes"] == 8 and result["success_rate"] >= 0.9
+    assert "Successes" in (run / "teacher_eval.md").read_text()
+    assert (run / "metrics.jsonl").exists() and (run / "config.yaml").exists()
+    before = (run / "teacher.pt").read_bytes()
+    again = pipeline("stage=teacher", f"run_dir={run}", "logger.mode=disabled")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert (run / "teacher.pt").read_bytes() == before
+
+
+def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
+    run = tmp_path / "all"
+    r = pipeline("stage=all", "preset=quick", f"run_dir={run}", "logger.mode=disabled", "teacher.eval_episodes=4",
+                 "env.num_envs=4")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "pipeline_summary.json").read_text())
+    assert summary["teacher"]["episodes"] == 4
+    assert summary["collect"].startswith("to come")
