@@ -33,6 +33,7 @@ def _start_perturbations(env, u: np.ndarray) -> dict[str, np.ndarray]:
     st["noise_left"][noise] = p.noise_steps
     push = u[:, 2] < p.push_rate
     env._kick[:] = 0
+    env._kicked = set(np.nonzero(push)[0].tolist())
     if push.any():
         cube = np.minimum((u[:, 3] * env.n_cubes).astype(int), env.n_cubes - 1)
         angle = 2 * np.pi * u[:, 4]
@@ -103,7 +104,7 @@ def step(env, action: torch.Tensor):
     f = env._frame()
     _update_attempts(env, f)
     _update_occlusion(env, rng.uniform(env.seeds, steps_before, rng.OCCLUSION, 2 * env.n_cubes))
-    f = env._frame()  # occlusion and revealed flags changed
+    env.refresh_flags(f)  # occlusion and revealed flags changed
 
     st["hold_count"] = np.where(env.task.success_condition(f), st["hold_count"] + 1, 0)
     success = st["hold_count"] >= cfg.success.hold_steps

@@ -26,8 +26,6 @@ from envs.mujoco.tasks import make_task
 
 ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (> 0 closes)
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, mocap, warm start
-# MuJoCo resets an MjData that blows up and counts it in these warnings.
-_BLOWUPS = [int(getattr(mujoco.mjtWarning, w)) for w in ("mjWARN_BADQACC", "mjWARN_BADQVEL", "mjWARN_BADQPOS")]
 
 
 class MujocoVecEnv:
@@ -67,6 +65,7 @@ class MujocoVecEnv:
         self._qvel = np.zeros((N, base_model.nv))
         self._ctrl = np.zeros((N, base_model.nu))
         self._kick = np.zeros((N, O, 3))
+        self._kicked: set[int] = set()  # envs with a push this step
         self._unstable = np.zeros(N, bool)
         self.target = np.zeros((N, 4))  # x, y, z, yaw position targets of the arm servos
         self.st = {k: np.zeros(N) for k in self._SCALARS}
@@ -93,20 +92,20 @@ class MujocoVecEnv:
 
     # ------------------------------------------------------------------ physics
     def _run_chunk(self, ids: np.ndarray) -> None:
-        nstep = self.cfg.substeps
+        # Hot loop: everything here runs per env with the GIL held, except mj_step itself.
+        nstep, kicked, ctrl, qpos, qvel = self.cfg.substeps, self._kicked, self._ctrl, self._qpos, self._qvel
         for i in ids:
             m, d = self.models[i], self.datas[i]
-            d.ctrl[:] = self._ctrl[i]
-            if self._kick[i].any():
+            d.ctrl[:] = ctrl[i]
+            if i in kicked:
                 for o in np.nonzero(self._kick[i].any(1))[0]:
                     d.qvel[self._vadr[o]: self._vadr[o] + 3] += self._kick[i, o]
+            t0 = d.time
             mujoco.mj_step(m, d, nstep=nstep)
-            for w in _BLOWUPS:
-                if d.warning[w].number:
-                    self._unstable[i] = True
-                    d.warning[w].number = 0
-            self._qpos[i] = d.qpos
-            self._qvel[i] = d.qvel
+            if d.time <= t0:  # MuJoCo resets an MjData that blows up, which rewinds its clock
+                self._unstable[i] = True
+            qpos[i] = d.qpos
+            qvel[i] = d.qvel
 
     def _physics_step(self) -> None:
         if self._pool is None:
@@ -133,12 +132,18 @@ class MujocoVecEnv:
             obj_yaw=np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)),
             obj_vel=np.stack([v[:, a: a + 3] for a in self._vadr], 1),
             half=st["half"], mass=st["mass"], friction=st["friction"], static=st["static"] > 0,
-            visible=st["occl_left"] == 0, time_frac=st["step"] / self.cfg.episode_length,
+            time_frac=st["step"] / self.cfg.episode_length,
         )
-        f.known = np.ones((N, O), bool) if self.cfg.hidden_view == "omniscient" else st["revealed"] > 0
-        f.known_static = f.static & f.known
         f.held = self._held(f)
+        self.refresh_flags(f)
         return f
+
+    def refresh_flags(self, f) -> None:
+        """Re-derive the frame's task flags after the step logic updated occlusion and revealed state."""
+        st = self.st
+        f.visible = st["occl_left"] == 0
+        f.known = np.ones_like(f.static) if self.cfg.hidden_view == "omniscient" else st["revealed"] > 0
+        f.known_static = f.static & f.known
 
     def _held(self, f) -> np.ndarray:
         """(N, O) bool: the closed fingers rest on a cube that sits between them. Geometric, no contacts."""
