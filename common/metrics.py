@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,10 +19,15 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._wandb = None
         if mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")  # its banner would bury the progress bars
             import wandb  # imported lazily: it is slow to import and tests run with logger.mode=disabled
 
             self._wandb = wandb.init(project=project, mode=mode, dir=str(run_dir), name=f"{Path(run_dir).name}-{stage}",
                                      config=config, reinit="finish_previous")
+            if mode == "offline":
+                print(f"[{stage}] wandb offline; upload later with: wandb sync {Path(self._wandb.dir).parent}")
+            else:
+                print(f"[{stage}] wandb: {self._wandb.url}")
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         record = {"stage": self.stage, "time": time.time(), "step": step, **metrics}

@@ -124,3 +124,12 @@ def test_bad_env_config_values_raise_config_error():
                 dict(observations={"policy": {"cube_colour": {}}, "privileged": {}})):
         with pytest.raises(ConfigError):
             make_env(env_config("lift", **bad))
+
+
+def test_physics_blow_up_terminates_as_sim_unstable(make):
+    env = make("lift", num_envs=2)
+    env.reset()
+    env.datas[1].qvel[6] = 1e11  # beyond MuJoCo's bound: it resets that MjData
+    _, _, done, extras = env.step(torch.zeros(2, 5))
+    assert extras["failure"]["sim_unstable"].tolist() == [False, True]
+    assert done.tolist() == [False, True] and extras["terminated"][1]

@@ -94,8 +94,9 @@ def step(env, action: torch.Tensor):
     if action_raw.shape != (N, env.num_actions):
         raise ValueError(f"action must have shape ({N}, {env.num_actions}), got {tuple(action_raw.shape)}")
     steps_before = st["step"].astype(np.uint64)
-    u = rng.uniform(env.seeds, steps_before, rng.PERTURB, 5)
-    perturbations = _start_perturbations(env, u)
+    # One draw per step for perturbation starts (5) and occlusion windows (2 per cube).
+    u = rng.uniform(env.seeds, steps_before, rng.PERTURB, 5 + 2 * env.n_cubes)
+    perturbations = _start_perturbations(env, u[:, :5])
     _set_servo_targets(env, action_raw)
     env._unstable[:] = False
     env._physics_step()
@@ -103,7 +104,7 @@ def step(env, action: torch.Tensor):
 
     f = env._frame()
     _update_attempts(env, f)
-    _update_occlusion(env, rng.uniform(env.seeds, steps_before, rng.OCCLUSION, 2 * env.n_cubes))
+    _update_occlusion(env, u[:, 5:])
     env.refresh_flags(f)  # occlusion and revealed flags changed
 
     st["hold_count"] = np.where(env.task.success_condition(f), st["hold_count"] + 1, 0)

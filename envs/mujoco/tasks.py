@@ -37,11 +37,17 @@ def tower_slots(f, n_stack: int) -> np.ndarray:
 
 
 def on_levels(f, cfg: TaskConfig) -> np.ndarray:
-    """(N, C, K) bool: movable cube c rests in tower level k (within the placement tolerance)."""
+    """(N, C, K) bool: movable cube c rests in tower level k (within the placement tolerance).
+
+    Cached on the frame: attempts, success and reward all ask for it within one step."""
+    cached = getattr(f, "_on_levels", None)
+    if cached is not None:
+        return cached
     slots = tower_slots(f, cfg.n_stack)  # (N, K, 3)
     d = f.obj_pos[:, : f.n_cubes, None, :] - slots[:, None, :, :]  # (N, C, K, 3)
     tol = cfg.success.place_tolerance
-    return (np.linalg.norm(d[..., :2], axis=-1) < tol) & (np.abs(d[..., 2]) < tol)
+    f._on_levels = (np.linalg.norm(d[..., :2], axis=-1) < tol) & (np.abs(d[..., 2]) < tol)
+    return f._on_levels
 
 
 class LiftTask:

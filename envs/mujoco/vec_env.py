@@ -9,6 +9,7 @@ inside; observations leave as float32 torch tensors.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -23,6 +24,11 @@ from envs.mujoco import scene
 from envs.mujoco.config import TaskConfig
 from envs.mujoco.observations import ObservationManager
 from envs.mujoco.tasks import make_task
+
+_log = logging.getLogger(__name__)
+# MuJoCo prints blow-up warnings to the console; the env counts blow-ups itself (sim_unstable), so
+# route the text to logging instead of interleaving it with progress bars.
+mujoco.set_mju_user_warning(lambda msg: _log.debug("mujoco: %s", msg))
 
 ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (> 0 closes)
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, mocap, warm start
@@ -72,8 +78,10 @@ class MujocoVecEnv:
         self.st.update({k: np.zeros((N, O)) for k in self._PER_OBJECT})
         self.base_seed = int(cfg.seed)
         threads = cfg.num_threads or os.cpu_count() or 1
-        self._chunks = [c for c in np.array_split(np.arange(N), min(threads, N)) if len(c)]
-        self._pool = ThreadPoolExecutor(len(self._chunks)) if len(self._chunks) > 1 else None
+        # A few chunks per thread: a thread that drew cheap scenes takes more, so no core idles at the barrier.
+        n_chunks = 1 if threads == 1 else min(4 * threads, N)
+        self._chunks = [c for c in np.array_split(np.arange(N), n_chunks) if len(c)]
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 and N > 1 else None
         self._frame_cache = None
 
     # ------------------------------------------------------------------ seeds and state views
@@ -100,9 +108,9 @@ class MujocoVecEnv:
             if i in kicked:
                 for o in np.nonzero(self._kick[i].any(1))[0]:
                     d.qvel[self._vadr[o]: self._vadr[o] + 3] += self._kick[i, o]
-            t0 = d.time
+            expected = d.time + (nstep - 0.5) * m.opt.timestep
             mujoco.mj_step(m, d, nstep=nstep)
-            if d.time <= t0:  # MuJoCo resets an MjData that blows up, which rewinds its clock
+            if d.time < expected:  # MuJoCo resets an MjData that blows up, which rewinds its clock
                 self._unstable[i] = True
             qpos[i] = d.qpos
             qvel[i] = d.qvel
