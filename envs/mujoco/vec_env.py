@@ -30,6 +30,7 @@ _log = logging.getLogger(__name__)
 # route the text to logging instead of interleaving it with progress bars.
 mujoco.set_mju_user_warning(lambda msg: _log.debug("mujoco: %s", msg))
 
+_BLOWUPS = [int(getattr(mujoco.mjtWarning, w)) for w in ("mjWARN_BADQACC", "mjWARN_BADQVEL", "mjWARN_BADQPOS")]
 ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (> 0 closes)
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, mocap, warm start
 
@@ -108,10 +109,12 @@ class MujocoVecEnv:
             if i in kicked:
                 for o in np.nonzero(self._kick[i].any(1))[0]:
                     d.qvel[self._vadr[o]: self._vadr[o] + 3] += self._kick[i, o]
-            expected = d.time + (nstep - 0.5) * m.opt.timestep
             mujoco.mj_step(m, d, nstep=nstep)
-            if d.time < expected:  # MuJoCo resets an MjData that blows up, which rewinds its clock
-                self._unstable[i] = True
+            warnings = d.warning
+            for w in _BLOWUPS:  # MuJoCo resets an MjData that blows up and counts it here
+                if warnings[w].number:
+                    self._unstable[i] = True
+                    warnings[w].number = 0
             qpos[i] = d.qpos
             qvel[i] = d.qvel
 
