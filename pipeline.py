@@ -86,6 +86,7 @@ def run_stage(name: str, cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     from common.rundir import NotYetAvailable, run_dir
     from envs.base import ConfigError
+    from rl.ppo import NonFiniteError
 
     out = run_dir(cfg)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -97,6 +98,9 @@ def main(cfg: DictConfig) -> None:
             summary[name] = run_stage(name, cfg)
         except ConfigError as exc:
             bad_input(str(exc))
+        except NonFiniteError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
         except NotYetAvailable as exc:
             if cfg.stage != "all":
                 print(f"error: {exc}", file=sys.stderr)

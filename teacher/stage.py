@@ -1,45 +1,117 @@
-"""``python pipeline.py stage=teacher``: make (or, for ``teacher=scripted``, measure) the teacher.
+"""``python pipeline.py stage=teacher``: train the PPO teacher, or measure the scripted one.
 
-Writes ``teacher.pt`` (self-describing: kind, env name and config, obs spec), ``teacher_eval.json``
-and ``teacher_eval.md`` in the run directory.
+Writes ``teacher.pt`` (self-describing: kind, env name and config, obs spec, policy config and
+weights for PPO), ``teacher_eval.json`` and ``teacher_eval.md`` in the run directory, and the
+training curves to ``metrics.jsonl`` (plot them with ``python -m rl.plot RUN_DIR``).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from common.evaluate import evaluate, format_table
 from common.metrics import MetricsLogger
-from common.rundir import NotYetAvailable, output_path, run_dir
+from common.rundir import output_path, run_dir
 from envs import make_env
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
+from rl.ppo import PPOConfig
+from rl.runner import OnPolicyRunner, RunnerConfig
+from teacher.ppo_teacher import ExpertStateResets, build_policy, expert_state_pool, load_teacher
 
 
 def run(cfg) -> dict:
     kind = cfg.teacher.kind
+    if kind == "scripted":
+        return _run_scripted(cfg)
     if kind == "ppo":
-        raise NotYetAvailable("the PPO teacher (teacher=ppo) is still to come (issue #4); use teacher=scripted")
-    if kind != "scripted":
-        raise ConfigError(f"teacher.kind={kind!r}; choose ppo or scripted")
+        return _run_ppo(cfg)
+    raise ConfigError(f"teacher.kind={kind!r}; choose ppo or scripted")
+
+
+def _env_dict(cfg) -> dict:
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    env.pop("simulator", None)
+    return env
+
+
+def _report(cfg, result: dict, label: str) -> str:
+    out = run_dir(cfg)
+    (out / "teacher_eval.json").write_text(json.dumps(result, indent=2))
+    table = format_table([result])
+    (out / "teacher_eval.md").write_text(f"# Teacher ({result['env']}, {label})\n\n{table}")
+    print(f"teacher ({label}) on {result['env']}:\n{table}")
+    return table
+
+
+def _run_scripted(cfg) -> dict:
     ckpt_path = output_path(cfg, "teacher.pt")
     env = make_env(cfg.env)
     expert = ScriptedExpert.for_env(env)
     result = evaluate(env, expert.act, expert.reset, int(cfg.teacher.eval_episodes), seed=int(cfg.seed))
     result.update(policy_device="cpu", sim_device=str(env.device), env=env.cfg.name, teacher="scripted")
-    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
-    torch.save({"kind": "scripted", "env_name": env.cfg.name, "env_cfg": env_cfg,
+    torch.save({"kind": "scripted", "env_name": env.cfg.name, "env_cfg": _env_dict(cfg),
                 "obs_spec": env.obs_spec.to_dict(), "eval": result}, ckpt_path)
-    out = run_dir(cfg)
-    (out / "teacher_eval.json").write_text(json.dumps(result, indent=2))
-    table = format_table([result])
-    (out / "teacher_eval.md").write_text(f"# Teacher ({env.cfg.name}, scripted)\n\n{table}")
-    logger = MetricsLogger(out, "teacher", cfg.logger.mode, cfg.logger.project)
+    logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project)
     logger.log({k: v for k, v in result.items() if isinstance(v, (int, float))})
     logger.close()
     env.close()
-    print(f"teacher (scripted) on {env.cfg.name}:\n{table}")
+    _report(cfg, result, "scripted")
     return {"teacher_ckpt": str(ckpt_path), **result}
+
+
+def _run_ppo(cfg) -> dict:
+    t = cfg.teacher
+    path = run_dir(cfg) / "teacher.pt"
+    resume = bool(t.resume) and path.exists()
+    if not resume:
+        path = output_path(cfg, "teacher.pt")
+    env_cfg = _env_dict(cfg)
+    train_cfg = {**env_cfg, "num_envs": int(t.num_envs),
+                 "perturbations": {**env_cfg.get("perturbations", {}), **OmegaConf.to_container(t.train_perturbations)}}
+    env = make_env(train_cfg)
+    torch.manual_seed(int(cfg.seed))
+    policy = build_policy(env, t)
+    share = float(t.curriculum.expert_state_share)
+    pool = expert_state_pool(env, int(cfg.seed) + int(t.curriculum.pool_seed_offset)) if share > 0 else None
+    on_reset = ExpertStateResets(pool, share, int(cfg.seed)) if pool is not None else None
+    logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project,
+                           config=OmegaConf.to_container(cfg, resolve=True))
+    meta = {"kind": "ppo_mlp", "env_name": env.cfg.name, "env_cfg": env_cfg, "obs_spec": env.obs_spec.to_dict()}
+    runner = OnPolicyRunner(env, policy, PPOConfig(**OmegaConf.to_container(t.ppo)),
+                            RunnerConfig(num_steps_per_env=int(t.steps_per_env), num_iterations=int(t.iterations),
+                                         seed=int(cfg.seed), save_every=int(t.save_every)),
+                            logger=logger, on_reset=on_reset, checkpoint_meta=meta)
+    if resume:
+        runner.load(load_teacher(path, env.cfg.name))
+        print(f"[teacher] resuming {path} at iteration {runner.iteration}")
+    last = runner.learn(checkpoint_path=Path(path))
+    logger.close()
+    env.close()
+    result = evaluate_ppo_teacher(cfg, policy, env_cfg)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["eval"] = result
+    torch.save(ckpt, path)
+    _report(cfg, result, "ppo")
+    return {"teacher_ckpt": str(path), "train_success_rate": last.get("success_rate"),
+            "env_steps": last.get("env_steps"), **result}
+
+
+def evaluate_ppo_teacher(cfg, policy, env_cfg: dict) -> dict:
+    """Deterministic (mean) actions on the env as configured, without the training perturbations."""
+    n = int(cfg.teacher.eval_episodes)
+    env = make_env({**env_cfg, "num_envs": min(n, 64)})
+    policy.eval()
+
+    @torch.no_grad()
+    def act(obs):
+        return policy.act_inference(obs)[0]
+
+    result = evaluate(env, act, lambda done: None, n, seed=int(cfg.seed) + 7919)
+    env.close()
+    result.update(policy_device="cpu", sim_device="cpu", env=env.cfg.name, teacher="ppo")
+    return result

@@ -287,13 +287,16 @@ class MujocoVecEnv:
             out[r] = np.concatenate([buf] + [np.asarray(t, dtype=np.float64).reshape(-1) for t in task])
         return torch.from_numpy(out)
 
-    def set_state(self, env_ids, states) -> None:
+    def set_state(self, env_ids, states, keep_episode_counter: bool = False) -> None:
+        """Restore full states. ``keep_episode_counter`` keeps each env's own episode count, so an env
+        started from a borrowed state (a demonstration's) still draws fresh scenes afterwards."""
         ids = np.asarray(torch.as_tensor(env_ids).cpu(), int).reshape(-1)
         states = np.asarray(torch.as_tensor(states, dtype=torch.float64).cpu()).reshape(len(ids), -1)
         if states.shape[1] != self.state_size:
             raise ValueError(f"state has {states.shape[1]} values; this env's states have {self.state_size} "
                              f"(a state from another task or scene?)")
         O, S = self.n_objects, self.mj_state_size
+        kept = self.st["episode_index"][ids].copy()
         for r, i in enumerate(ids):
             s = states[r]
             self.target[i] = s[S: S + 4]
@@ -307,6 +310,8 @@ class MujocoVecEnv:
             self._apply_hidden(i)
             mujoco.mj_setState(self.models[i], self.datas[i], s[:S], STATE_SPEC)
             mujoco.mj_forward(self.models[i], self.datas[i])
+        if keep_episode_counter:
+            self.st["episode_index"][ids] = kept
         self._read_data(ids)
 
     def render(self, env_id: int = 0, width: int = 320, height: int = 240) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""Actor-critic networks behind the policy interface PPO relies on.
+
+The interface (the MLP here; the history transformer later, with real memory):
+  ``initial_memory(n) -> memory``                     recurrent state for n envs (None for an MLP)
+  ``act(obs, memory) -> (Normal, memory)``            one step; obs is a dict of observation groups
+  ``value(obs, memory) -> (N,)``                      the critic
+  ``evaluate(obs_seq, memory0) -> (Normal, values)``  a stored rollout, (T, N, ...) leading dims
+  ``reset_memory(memory, done) -> memory``            zero the memory of finished envs
+
+The std is a learned log-std parameter, never clipped or clamped: PPO must be free to move it
+anywhere, and a floor would hide a collapsing exploration that the logged action spread shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from rl.normalizer import EmpiricalNormalizer
+
+
+@dataclass
+class MLPPolicyConfig:
+    actor_obs: str = "privileged"  # observation group the actor reads
+    critic_obs: str = "privileged"
+    actor_dim: int = 0
+    critic_dim: int = 0
+    action_dim: int = 5
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 128, 64])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 128, 64])
+    activation: str = "elu"
+    init_std: float = 1.0
+    normalize_obs: bool = True
+
+
+def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
+    act = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, gain=out_gain if last else 2 ** 0.5)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class MLPActorCritic(nn.Module):
+    is_recurrent = False
+
+    def __init__(self, cfg: MLPPolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.actor = mlp([cfg.actor_dim, *cfg.actor_hidden, cfg.action_dim], cfg.activation, out_gain=0.01)
+        self.critic = mlp([cfg.critic_dim, *cfg.critic_hidden, 1], cfg.activation, out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((cfg.action_dim,), float(torch.log(torch.tensor(cfg.init_std)))))
+        self.actor_norm = EmpiricalNormalizer(cfg.actor_dim, enabled=cfg.normalize_obs)
+        self.critic_norm = EmpiricalNormalizer(cfg.critic_dim, enabled=cfg.normalize_obs)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def initial_memory(self, n: int):
+        return None
+
+    def reset_memory(self, memory, done):
+        return memory
+
+    def update_normalizers(self, obs: dict) -> None:
+        self.actor_norm.update(obs[self.cfg.actor_obs])
+        if self.cfg.critic_obs != self.cfg.actor_obs:
+            self.critic_norm.update(obs[self.cfg.critic_obs])
+
+    def _critic_norm(self) -> EmpiricalNormalizer:
+        return self.actor_norm if self.cfg.critic_obs == self.cfg.actor_obs else self.critic_norm
+
+    def distribution(self, actor_obs: torch.Tensor) -> Normal:
+        mean = self.actor(self.actor_norm(actor_obs))
+        return Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def act(self, obs: dict, memory=None):
+        return self.distribution(obs[self.cfg.actor_obs]), memory
+
+    def act_inference(self, obs: dict, memory=None):
+        """The deterministic action (the mean) for evaluation."""
+        return self.actor(self.actor_norm(obs[self.cfg.actor_obs])), memory
+
+    def value(self, obs: dict, memory=None) -> torch.Tensor:
+        return self.critic(self._critic_norm()(obs[self.cfg.critic_obs])).squeeze(-1)
+
+    def evaluate(self, obs_seq: dict, memory0=None):
+        return self.distribution(obs_seq[self.cfg.actor_obs]), self.value(obs_seq)

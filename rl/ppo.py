@@ -1,0 +1,127 @@
+"""One PPO update, readable top to bottom (clipped surrogate, GAE from storage, adaptive KL lr).
+
+Nothing here clips an action or the std: the log-probs are of the raw stored actions, and the
+log-std parameter moves freely. The only clamp is PPO's own clamp of the probability *ratio*.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rl.storage import RolloutStorage
+
+
+@dataclass
+class PPOConfig:
+    learning_rate: float = 1e-3
+    schedule: str = "adaptive"  # adaptive (from the measured KL) | fixed
+    desired_kl: float = 0.01
+    lr_min: float = 1e-5
+    lr_max: float = 1e-2
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip_param: float = 0.2
+    num_epochs: int = 5
+    num_minibatches: int = 4
+    value_loss_coef: float = 1.0
+    use_clipped_value_loss: bool = True
+    entropy_coef: float = 0.0  # off by default; the action spread is logged instead
+    max_grad_norm: float = 1.0
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a loss, gradient or reward: training stops and no checkpoint is written."""
+
+
+def gaussian_kl(mu_old, std_old, mu_new, std_new) -> torch.Tensor:
+    """KL(old || new) of diagonal Gaussians, summed over the action dimension: (B,)."""
+    return (torch.log(std_new / std_old)
+            + (std_old.pow(2) + (mu_old - mu_new).pow(2)) / (2.0 * std_new.pow(2)) - 0.5).sum(-1)
+
+
+def adapt_learning_rate(lr: float, kl: float, cfg: PPOConfig) -> float:
+    """rsl_rl's rule: shrink the step when the policy moved too far, grow it when it barely moved."""
+    if kl > 2.0 * cfg.desired_kl:
+        return max(cfg.lr_min, lr / 1.5)
+    if 0.0 < kl < cfg.desired_kl / 2.0:
+        return min(cfg.lr_max, lr * 1.5)
+    return lr
+
+
+class PPO:
+    def __init__(self, policy: nn.Module, cfg: PPOConfig, generator: torch.Generator | None = None):
+        if cfg.schedule not in ("adaptive", "fixed"):
+            from envs.base import ConfigError
+
+            raise ConfigError(f"ppo.schedule={cfg.schedule!r}; choose adaptive or fixed")
+        self.policy, self.cfg = policy, cfg
+        self.learning_rate = cfg.learning_rate
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        self.generator = generator
+
+    def update(self, storage: RolloutStorage) -> dict:
+        cfg = self.cfg
+        sums: dict[str, float] = {}
+        grad_l2: dict[str, float] = {}
+        grad_max: dict[str, float] = {}
+        n_batches = 0
+        for batch in storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
+            advantages = batch["advantages"]  # (B,)
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            dist, values = self.policy.evaluate(batch["obs"])
+            log_probs = dist.log_prob(batch["actions"]).sum(-1)  # (B,) of the raw actions
+            entropy = dist.entropy().sum(-1).mean()
+
+            with torch.no_grad():
+                kl = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean().item()
+            if cfg.schedule == "adaptive":
+                self.learning_rate = adapt_learning_rate(self.learning_rate, kl, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate
+
+            ratio = torch.exp(log_probs - batch["log_probs"])  # (B,)
+            surrogate = -advantages * ratio
+            surrogate_clipped = -advantages * torch.clamp(ratio, 1.0 - cfg.clip_param, 1.0 + cfg.clip_param)
+            policy_loss = torch.max(surrogate, surrogate_clipped).mean()
+
+            returns, old_values = batch["returns"], batch["values"]
+            if cfg.use_clipped_value_loss:
+                values_clipped = old_values + (values - old_values).clamp(-cfg.clip_param, cfg.clip_param)
+                value_loss = torch.max((values - returns).pow(2), (values_clipped - returns).pow(2)).mean()
+            else:
+                value_loss = (values - returns).pow(2).mean()
+
+            loss = policy_loss + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
+                                     f"no checkpoint written")
+            self.optimizer.zero_grad()
+            loss.backward()
+            for name, p in self.policy.named_parameters():
+                if p.grad is not None:
+                    grad_l2[name] = grad_l2.get(name, 0.0) + p.grad.norm().item()
+                    grad_max[name] = max(grad_max.get(name, 0.0), p.grad.abs().max().item())
+            total_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            if not torch.isfinite(total_norm):
+                raise NonFiniteError("non-finite gradient in the PPO update; no checkpoint written")
+            self.optimizer.step()
+
+            stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                     "kl": kl, "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean().item(),
+                     "grad_norm": total_norm.item()}
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_batches += 1
+        out = {k: v / n_batches for k, v in sums.items()}
+        out.update({f"grad_l2/{k}": v / n_batches for k, v in grad_l2.items()})
+        out.update({f"grad_max/{k}": v for k, v in grad_max.items()})
+        out["learning_rate"] = self.learning_rate
+        returns = storage.returns.flatten()
+        residual = (returns - storage.values.flatten()).var()
+        out["explained_variance"] = float(1.0 - residual / returns.var()) if returns.var() > 0 else math.nan
+        out["returns_var"] = returns.var().item()
+        return out

@@ -1,0 +1,84 @@
+"""The PPO teacher: an MLP actor-critic on the privileged group, trained with perturbations on.
+
+Reverse curriculum: a share of episodes starts from states of the scripted expert's successful
+episodes (already grasped, already lifted), so PPO meets the lift and its bonus early instead of
+having to discover it from the table; the rest start from fresh scenes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.scripted import ScriptedExpert
+from rl.networks import MLPActorCritic, MLPPolicyConfig
+
+
+def build_policy(env, cfg) -> MLPActorCritic:
+    group = cfg.obs_group
+    dim = env.obs_spec.dim(group)
+    return MLPActorCritic(MLPPolicyConfig(
+        actor_obs=group, critic_obs=group, actor_dim=dim, critic_dim=dim, action_dim=env.num_actions,
+        actor_hidden=list(cfg.actor_hidden), critic_hidden=list(cfg.critic_hidden), init_std=float(cfg.init_std)))
+
+
+def expert_state_pool(env, seed: int) -> torch.Tensor:
+    """States (P, S) from one episode per env of the scripted expert, kept only from successes."""
+    expert = ScriptedExpert.for_env(env)
+    obs = env.reset(seed=seed)
+    expert.reset(torch.ones(env.num_envs, dtype=torch.bool))
+    states, owners = [], []
+    finished = np.zeros(env.num_envs, bool)
+    success = np.zeros(env.num_envs, bool)
+    for _ in range(env.max_episode_length):
+        alive = np.nonzero(~finished)[0]
+        states.append(env.get_state(alive))
+        owners.append(alive)
+        obs, _, done, extras = env.step(expert.act(obs))
+        expert.reset(done)
+        new = done.numpy() & ~finished
+        success[new] = extras["success"].numpy()[new]
+        finished |= done.numpy()
+        if finished.all():
+            break
+    keep = [s[success[o]] for s, o in zip(states, owners)]
+    return torch.cat(keep) if keep else torch.zeros(0, env.state_size)
+
+
+class ExpertStateResets:
+    """``on_reset`` hook: each freshly reset env starts from a random expert state with prob ``share``."""
+
+    def __init__(self, pool: torch.Tensor, share: float, seed: int):
+        self.pool, self.share = pool, share
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, env, ids: torch.Tensor) -> bool:
+        if self.share <= 0 or len(self.pool) == 0:
+            return False
+        pick = torch.rand(len(ids), generator=self.gen) < self.share
+        chosen = torch.randint(0, len(self.pool), (len(ids),), generator=self.gen)
+        if not pick.any():
+            return False
+        env.set_state(ids[pick], self.pool[chosen[pick]], keep_episode_counter=True)
+        return True
+
+
+def load_teacher(path, env_name: str) -> dict:
+    """Load a teacher checkpoint (weights only) and check it was made for ``env_name``."""
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except Exception as exc:
+        from envs.base import ConfigError
+
+        raise ConfigError(f"{path} is not a readable teacher checkpoint ({type(exc).__name__}); "
+                          f"re-run stage=teacher or point to another file") from exc
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        from envs.base import ConfigError
+
+        raise ConfigError(f"{path} is not a teacher checkpoint of this project; re-run stage=teacher")
+    if ckpt.get("env_name") != env_name:
+        from envs.base import ConfigError
+
+        raise ConfigError(f"{path} was made for {ckpt.get('env_name')}, but this run uses {env_name}; "
+                          f"pass env=... to match or train a teacher for {env_name}")
+    return ckpt
