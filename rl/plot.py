@@ -1,0 +1,91 @@
+"""Training curves from ``metrics.jsonl``: ``python -m rl.plot RUN_DIR [--stage teacher] [--out DIR]``.
+
+Writes ``<stage>_training.png`` (success, return, episode length, losses, KL, clip fraction,
+learning rate, entropy and action spread, explained variance, Var(R), throughput) and
+``<stage>_gradients.png`` (per-layer gradient L2 and max norms) so a user without wandb sees the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = [
+    ("success_rate", "success rate"), ("mean_return", "mean episode return"),
+    ("mean_episode_length", "mean episode length"), ("value_loss", "value loss"),
+    ("policy_loss", "policy loss"), ("explained_variance", "explained variance"),
+    ("kl", "KL(old || new)"), ("clip_fraction", "clip fraction"), ("learning_rate", "learning rate"),
+    (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
+    ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),
+    ("actions_outside_bounds", "share of actions outside [-1, 1]"),
+]
+
+
+def load(path: Path, stage: str) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train first (python pipeline.py stage=teacher ...)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("stage") == stage and "iteration" in r]
+
+
+def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = [r["env_steps"] for r in rows]
+    fig, axes = plt.subplots(4, 4, figsize=(16, 12))
+    for ax, (keys, title) in zip(axes.flat, PANELS):
+        for key in (keys if isinstance(keys, tuple) else (keys,)):
+            ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("env steps", fontsize=8)
+        if isinstance(keys, tuple):
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(PANELS):]:
+        ax.axis("off")
+    fig.suptitle(f"{stage}: PPO diagnostics")
+    fig.tight_layout()
+    curves = out_dir / f"{stage}_training.png"
+    fig.savefig(curves, dpi=80)
+    plt.close(fig)
+
+    layers = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("grad_l2/")})
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for kind, ax in zip(("grad_l2", "grad_max"), axes):
+        for layer in layers:
+            ax.semilogy(x, [r.get(f"{kind}/{layer}", float("nan")) for r in rows], label=layer)
+        ax.set_title(f"per-layer gradient {'L2' if kind == 'grad_l2' else 'max (inf)'} norm")
+        ax.set_xlabel("env steps")
+    axes[1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    grads = out_dir / f"{stage}_gradients.png"
+    fig.savefig(grads, dpi=80)
+    plt.close(fig)
+    return [curves, grads]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--stage", default="teacher")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/plots")
+    a = p.parse_args()
+    try:
+        rows = load(a.run_dir / "metrics.jsonl", a.stage)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not rows:
+        print(f"error: {a.run_dir / 'metrics.jsonl'} has no training iterations for stage {a.stage!r}", file=sys.stderr)
+        sys.exit(2)
+    for path in plot(rows, a.out or a.run_dir / "plots", a.stage):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

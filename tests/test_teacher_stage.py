@@ -1,0 +1,59 @@
+"""stage=teacher with teacher=ppo end to end (tiny budget), its diagnostics, plots and resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from envs.base import ConfigError
+from teacher.ppo_teacher import load_teacher
+from tests.conftest import ROOT
+from tests.test_pipeline import pipeline
+
+TINY = ["teacher=ppo", "teacher.num_envs=8", "teacher.steps_per_env=8", "teacher.eval_episodes=4",
+        "teacher.actor_hidden=[32]", "teacher.critic_hidden=[32]", "logger.mode=disabled"]
+DIAGNOSTICS = ["success_rate", "mean_return", "mean_episode_length", "kl", "clip_fraction", "value_loss",
+               "explained_variance", "returns_var", "learning_rate", "entropy", "action_std", "action_mean_spread",
+               "env_steps_per_s", "s_per_iteration", "s_per_rollout"]
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if '"iteration"' in line]
+
+
+def test_ppo_teacher_stage_trains_logs_plots_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    r = pipeline("stage=teacher", *TINY, "teacher.iterations=3", f"run_dir={run}")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(run / "teacher.pt", weights_only=True)
+    assert ckpt["kind"] == "ppo_mlp" and ckpt["env_name"] == "Lift-v1" and ckpt["iteration"] == 3
+    assert ckpt["policy_cfg"]["actor_obs"] == "privileged" and "eval" in ckpt
+    logged = rows(run)
+    assert [m["iteration"] for m in logged] == [1, 2, 3]
+    for key in DIAGNOSTICS:
+        assert all(key in m for m in logged), key
+    assert any(k.startswith("grad_l2/actor.0") for k in logged[0]) and any(k.startswith("grad_max/") for k in logged[0])
+
+    plots = subprocess.run([sys.executable, "-m", "rl.plot", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert plots.returncode == 0, plots.stderr
+    for name in ("teacher_training.png", "teacher_gradients.png"):
+        assert (run / "plots" / name).stat().st_size > 10_000
+
+    again = pipeline("stage=teacher", *TINY, "teacher.iterations=5", "teacher.resume=true", f"run_dir={run}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout and "iteration 3" in again.stdout
+    assert [m["iteration"] for m in rows(run)] == [1, 2, 3, 4, 5]
+    assert torch.load(run / "teacher.pt", weights_only=True)["iteration"] == 5
+
+
+def test_teacher_checkpoint_for_another_env_is_refused(tmp_path):
+    path = tmp_path / "teacher.pt"
+    torch.save({"kind": "ppo_mlp", "env_name": "Lift-v1"}, path)
+    with pytest.raises(ConfigError, match="made for Lift-v1"):
+        load_teacher(path, "StackPickMulti-v1")
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable teacher checkpoint"):
+        load_teacher(path, "Lift-v1")
