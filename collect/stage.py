@@ -1,7 +1,104 @@
-"""``python pipeline.py stage=collect``: arrives with issue #5 (retry-until-success collection)."""
+"""``python pipeline.py stage=collect``: the teacher demonstrates, with injected failures, into zarr.
 
-from common.rundir import NotYetAvailable
+Input: ``collect.teacher_ckpt`` (default ``<run_dir>/teacher.pt``; with ``teacher=scripted`` and no
+checkpoint, the scripted expert). Output: ``collect.out`` (default ``<run_dir>/dataset.zarr``).
+Re-running the same command resumes an interrupted store; a store made with another env config is
+refused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
+from common.rundir import run_dir
+from datasets.store import EpisodeStore
+from envs import make_env
+from envs.base import ConfigError
+from envs.scripted import ScriptedExpert
+from rl.networks import MLPActorCritic, MLPPolicyConfig
+from teacher.ppo_teacher import load_teacher
+
+
+class PolicyTeacher:
+    """A trained PPO teacher acting with its mean action (the injected failures supply the variety)."""
+
+    def __init__(self, ckpt: dict):
+        self.policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
+        self.policy.load_state_dict(ckpt["model"])
+        self.policy.eval()
+
+    @torch.no_grad()
+    def act(self, obs):
+        return self.policy.act_inference(obs)[0]
+
+    def reset(self, done):
+        pass
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _env_dict(cfg) -> dict:
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    env.pop("simulator", None)
+    return env
 
 
 def run(cfg) -> dict:
-    raise NotYetAvailable("collection (stage=collect) is still to come (issue #5)")
+    c = cfg.collect
+    env_cfg = _env_dict(cfg)
+    collect_env_cfg = {**env_cfg, "num_envs": int(c.num_envs),
+                       "perturbations": {**env_cfg["perturbations"], **OmegaConf.to_container(c.perturbations)}}
+    ckpt_path = Path(c.teacher_ckpt).expanduser().resolve() if c.teacher_ckpt else run_dir(cfg) / "teacher.pt"
+    env = make_env(collect_env_cfg)
+    if ckpt_path.exists():
+        ckpt = load_teacher(ckpt_path, env.cfg.name)
+        teacher_kind, teacher_sha = ckpt["kind"], file_sha256(ckpt_path)
+    elif cfg.teacher.kind == "scripted":
+        ckpt, teacher_kind, teacher_sha = {"kind": "scripted"}, "scripted", ""
+    else:
+        raise ConfigError(f"teacher checkpoint {ckpt_path} does not exist; run stage=teacher first, pass "
+                          f"collect.teacher_ckpt=PATH, or use teacher=scripted")
+    teacher = ScriptedExpert.for_env(env) if teacher_kind == "scripted" else PolicyTeacher(ckpt)
+
+    out = Path(c.out).expanduser().resolve() if c.out else run_dir(cfg) / "dataset.zarr"
+    attrs = {"env": env.cfg.name, "env_cfg": collect_env_cfg, "obs_spec": env.obs_spec.to_dict(),
+             "teacher": teacher_kind, "teacher_sha256": teacher_sha, "code_version": code_version(),
+             "seed": int(cfg.seed), "collect_cfg": OmegaConf.to_container(c, resolve=True),
+             "action_bounds": [-1.0, 1.0]}
+    if out.exists():
+        store = EpisodeStore.open(out, mode="a")
+        if store.attrs.get("env_cfg") != collect_env_cfg or store.attrs.get("seed") != int(cfg.seed):
+            raise ConfigError(f"{out} was collected with another env config or seed; resume with the same "
+                              f"settings, or pass collect.out=NEW_PATH")
+        print(f"[collect] resuming {out}: {store.num_episodes} episodes already committed")
+    else:
+        store = EpisodeStore.create(out, attrs, data_layout(env), EPISODE_LAYOUT)
+    filters = FilterConfig(max_attempts=int(c.max_attempts),
+                           retry_share_target=None if c.retry_share_target is None else float(c.retry_share_target))
+    target = int(c.num_episodes)
+    columns = [TextColumn("[bold]collect[/] {task.completed}/{task.total} kept"), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    with Progress(*columns) as bar:
+        task = bar.add_task("collect", total=target, completed=store.num_episodes, info="")
+
+        def progress(s: EpisodeStore) -> None:
+            bar.update(task, completed=s.num_episodes, info=f"rejected {len(s.rejected()['reason'])}")
+
+        summary = collect(env, teacher, store, target, int(cfg.seed), filters, progress)
+    env.close()
+    print(f"[collect] {summary['episodes']} episodes, {summary['steps']} steps in {out}; "
+          f"with retries {summary['with_retry_share']:.0%}; rejected {summary['rejected']}")
+    return {"dataset": str(out), **summary}

@@ -45,6 +45,7 @@ class RewardCfg:
     place: float = 2.0
     stacked: float = 2.0  # per cube already on the tower
     success_bonus: float = 50.0
+    scale: float = 1.0  # multiplies the whole reward; keeps returns O(1) for the critic
 
 
 @dataclass

@@ -114,7 +114,7 @@ def step(env, action: torch.Tensor):
     unstable = env._unstable | ~np.isfinite(env._qpos).all(1)
     steps_left = np.maximum(cfg.episode_length - st["step"], 0)
     bonus = cfg.reward.success_bonus + env.task.max_step_reward() * steps_left
-    reward = env.task.reward(f) + bonus * success
+    reward = cfg.reward.scale * (env.task.reward(f) + bonus * success)
     terminated = success | off_table | unstable
     time_outs = (st["step"] >= cfg.episode_length) & ~terminated
     done = terminated | time_outs

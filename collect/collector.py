@@ -1,0 +1,199 @@
+"""Retry-until-success collection: the teacher acts, failures are injected, simple failures filtered.
+
+Collection runs in rounds. Round r resets all N envs with a seed derived from (collect seed, r);
+every env plays one episode, to success or its limit, and the round's episodes are written in env
+order. Everything is deterministic (counter-based env randomness, deterministic teacher actions),
+so a resumed run re-plays an interrupted round and writes only the episodes not yet committed:
+no loss beyond the episode in flight, no duplicate.
+
+Attempts: the env starts a new attempt when a grasp is lost while the cube is not placed (a drop, a
+slip, a static cube that will not come up); every step records its attempt index. An episode is
+kept only if it ends in success; the rest are filtered with a reason (``REJECT_REASONS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datasets.store import EpisodeStore, obs_key
+from envs import rng
+
+
+@dataclass
+class FilterConfig:
+    max_attempts: int = 6  # more attempts than this: too_many_attempts
+    retry_share_target: float | None = None  # kept share with >= 1 failed attempt; None: keep what comes
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    return int(rng.hash_keys(np.uint64(seed), np.uint64(0xC011EC7), np.uint64(round_index)) & np.uint64(2**62 - 1))
+
+
+def classify(success: bool, lost: bool, unstable: bool, touched: bool, attempts: int, cfg: FilterConfig) -> str | None:
+    """The reason to filter an episode out, or None to keep it."""
+    if unstable:
+        return "sim_unstable"
+    if lost:
+        return "object_lost"
+    if attempts > cfg.max_attempts:
+        return "too_many_attempts"
+    if not touched:
+        return "no_contact"
+    if not success:
+        return "never_succeeded"
+    return None
+
+
+def data_layout(env) -> dict[str, tuple[tuple, str]]:
+    layout = {}
+    for group, terms in env.obs_spec.groups.items():
+        for t in terms:
+            layout[f"obs/{group}/{obs_key(t.entity, t.name)}"] = ((t.end - t.start,), "float32")
+    layout.update({"action": ((env.num_actions,), "float32"), "reward": ((), "float32"),
+                   "attempt": ((), "int16"), "success": ((), "bool"), "sim_state": ((env.state_size,), "float64")})
+    return layout
+
+
+EPISODE_LAYOUT = {"seed": "uint64", "length": "int64", "n_attempts": "int64", "return": "float32",
+                  "round": "int64", "slot": "int64", "drops": "int64", "pushes": "int64", "noise_bursts": "int64",
+                  "retry_changed_cube": "bool", "retry_yaw_change": "float32"}
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class EpisodeBuffer:
+    """Steps of one env's current episode, split into the store's arrays."""
+
+    def __init__(self, env):
+        self.spec = env.obs_spec
+        self.steps: list[dict] = []
+
+    def add(self, obs: dict, action, state, reward, attempt, success, perturb) -> None:
+        self.steps.append({"obs": {g: obs[g].numpy().copy() for g in self.spec.groups}, "action": action,
+                           "state": state, "reward": reward, "attempt": attempt, "success": success,
+                           "perturb": perturb})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for group, terms in self.spec.groups.items():
+            flat = np.stack([s["obs"][group] for s in self.steps])
+            for t in terms:
+                out[f"obs/{group}/{obs_key(t.entity, t.name)}"] = flat[:, t.start:t.end]
+        out["action"] = np.stack([s["action"] for s in self.steps])
+        out["sim_state"] = np.stack([s["state"] for s in self.steps])
+        out["reward"] = np.array([s["reward"] for s in self.steps], np.float32)
+        out["attempt"] = np.array([s["attempt"] for s in self.steps], np.int16)
+        out["success"] = np.array([s["success"] for s in self.steps], bool)
+        return out
+
+
+def retry_difference(arrays: dict[str, np.ndarray], spec, n_cubes: int) -> tuple[bool, float]:
+    """How the successful attempt differed from the failed one before it: did the held cube change,
+    and by how much did the grasp yaw turn (both read from the privileged group at grasp time)."""
+    attempt = arrays["attempt"].astype(int)
+    if attempt.max() == 0 or not any(t.name == "held" for t in spec.groups["privileged"]):
+        return False, 0.0
+    held = np.stack([arrays[f"obs/privileged/{obs_key(f'cube{c}', 'held')}"][:, 0] for c in range(n_cubes)], 1) > 0.5
+    yaw = arrays["obs/privileged/gripper_yaw"][:, 0]
+    last, prev = attempt.max(), attempt.max() - 1
+
+    def first_grasp(a):
+        idx = np.nonzero((attempt == a) & held.any(1))[0]
+        return (int(held[idx[0]].argmax()), float(yaw[idx[0]])) if len(idx) else (None, None)
+
+    cube_prev, yaw_prev = first_grasp(prev)
+    cube_last, yaw_last = first_grasp(last)
+    if cube_prev is None or cube_last is None:
+        return False, 0.0
+    return cube_prev != cube_last, float(abs(np.angle(np.exp(1j * (yaw_last - yaw_prev)))))
+
+
+def _kept_counts(store: EpisodeStore) -> tuple[int, int]:
+    attempts = store.episode_meta()["n_attempts"]
+    return int((attempts > 1).sum()), int((attempts <= 1).sum())
+
+
+def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, filters: FilterConfig,
+            progress=None) -> dict:
+    """Collect until ``store`` holds ``num_episodes`` kept episodes; resumes where it stopped."""
+    meta, rejected = store.episode_meta(), store.rejected()
+    committed = set(zip(meta["round"].tolist(), meta["slot"].tolist())) | \
+        set(zip(rejected["round"].tolist(), rejected["slot"].tolist()))
+    round_index = max([r for r, _ in committed], default=0)
+    kept_retry, kept_plain = _kept_counts(store)
+    quota_retry = None if filters.retry_share_target is None else int(np.ceil(filters.retry_share_target * num_episodes))
+    N = env.num_envs
+    while store.num_episodes < num_episodes:
+        obs = env.reset(seed=round_seed(seed, round_index))
+        teacher.reset(torch.ones(N, dtype=torch.bool))
+        buffers = [EpisodeBuffer(env) for _ in range(N)]
+        playing = np.array([(round_index, i) not in committed for i in range(N)])
+        counters = np.zeros((N, 3), int)
+        while playing.any() and store.num_episodes < num_episodes:
+            action = teacher.act(obs)
+            states = env.get_state().numpy()
+            next_obs, reward, done, extras = env.step(action)
+            pert = np.stack([extras["perturbations"][k].numpy() for k in ("drop", "push", "noise")], 1)
+            for i in np.nonzero(playing)[0]:
+                buffers[i].add({g: v[i] for g, v in obs.items()}, action[i].numpy().astype(np.float32), states[i], float(reward[i]),
+                               int(extras["attempt"][i]), bool(extras["success"][i]), pert[i])
+                counters[i] += pert[i]
+            finished = np.nonzero(done.numpy() & playing)[0]
+            for i in finished:  # env order within a step: deterministic, so resume reproduces it
+                if store.num_episodes >= num_episodes:
+                    break
+                ep = extras["episode"]
+                attempts = int(ep["attempts"][i])
+                reason = classify(bool(extras["success"][i]), bool(extras["failure"]["object_lost"][i]),
+                                  bool(extras["failure"]["sim_unstable"][i]), bool(ep["touched"][i]), attempts, filters)
+                if reason is None and quota_retry is not None:
+                    full = kept_retry >= quota_retry if attempts > 1 else kept_plain >= num_episodes - quota_retry
+                    reason = "mix_quota" if full else None
+                episode_seed = np.uint64(np.int64(ep["seed"][i]).view(np.uint64))
+                record = {"seed": episode_seed, "round": round_index, "slot": int(i),
+                          "length": len(buffers[i].steps), "n_attempts": attempts}
+                if reason is None:
+                    arrays = buffers[i].arrays()
+                    changed, yaw_change = retry_difference(arrays, env.obs_spec, env.n_cubes)
+                    store.append_episode(arrays, {**record, "return": float(ep["return"][i]),
+                                                  "drops": counters[i, 0], "pushes": counters[i, 1],
+                                                  "noise_bursts": counters[i, 2], "retry_changed_cube": changed,
+                                                  "retry_yaw_change": yaw_change})
+                    kept_retry += attempts > 1
+                    kept_plain += attempts <= 1
+                else:
+                    store.append_rejected({**record, "reason": reason})
+                committed.add((round_index, int(i)))
+                playing[i] = False
+                if progress is not None:
+                    progress(store)
+            teacher.reset(done)
+            obs = next_obs
+        round_index += 1
+    return summarize(store)
+
+
+def summarize(store: EpisodeStore) -> dict:
+    meta, rejected = store.episode_meta(), store.rejected()
+    attempts = meta["n_attempts"]
+    reasons = {name: int((rejected["reason"] == code).sum())
+               for code, name in enumerate(store.attrs.get("reject_reasons", []))}
+    retry = attempts > 1
+    return {
+        "episodes": store.num_episodes, "steps": store.num_steps,
+        "with_retry_share": float(retry.mean()) if len(attempts) else 0.0,
+        "attempts_histogram": {str(k): int((attempts == k).sum()) for k in sorted(set(attempts.tolist()))},
+        "rejected": reasons, "rejected_total": int(len(rejected["reason"])),
+        "retries_changed_cube_share": float(meta["retry_changed_cube"][retry].mean()) if retry.any() else 0.0,
+        "retries_mean_yaw_change": float(meta["retry_yaw_change"][retry].mean()) if retry.any() else 0.0,
+    }

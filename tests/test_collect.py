@@ -1,0 +1,167 @@
+"""Retry-until-success collection into zarr: schema, filters, attempts, crash safety, determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from collect.collector import FilterConfig, classify
+from datasets.store import EpisodeStore
+from tests.conftest import ROOT
+
+BASE = ["stage=collect", "teacher=scripted", "logger.mode=disabled", "collect.num_envs=8"]
+
+
+def run_collect(run_dir, *extra, wait=True):
+    cmd = [sys.executable, str(ROOT / "pipeline.py"), *BASE, f"run_dir={run_dir}", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def all_arrays(path):
+    store = EpisodeStore.open(path)
+    return {name: store.array(f"data/{name}")[:] for name in store.data_names()} | \
+        {f"meta/{k}": v for k, v in store.episode_meta().items()} | {"ends": store.episode_ends}
+
+
+@pytest.fixture(scope="module")
+def lift_store(tmp_path_factory):
+    run = tmp_path_factory.mktemp("collect") / "run"
+    r = run_collect(run, "collect.num_episodes=16")
+    assert r.returncode == 0, r.stderr
+    return run / "dataset.zarr"
+
+
+def test_schema_provenance_and_every_kept_episode_succeeds(lift_store):
+    store = EpisodeStore.open(lift_store)
+    attrs = store.attrs
+    for key in ("schema_version", "env", "env_cfg", "obs_spec", "teacher", "teacher_sha256", "code_version",
+                "seed", "created_at"):
+        assert key in attrs, key
+    assert attrs["env"] == "Lift-v1" and attrs["schema_version"] == 1
+    assert store.num_episodes == 16
+    names = store.data_names()
+    for term in attrs["obs_spec"]["policy"]:
+        assert f"obs/policy/{term[0]}_{term[1]}" in names
+    success = store.array("data/success")[:]
+    ends = store.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    for s, e in zip(starts, ends):
+        assert success[e - 1] and not success[s:e - 1].any()  # success exactly at the end
+        attempt = store.array("data/attempt")[s:e]
+        assert attempt[0] == 0 and np.all(np.diff(attempt) >= 0)
+    assert store.array("data/sim_state").shape == (store.num_steps, store.array("data/sim_state").shape[1])
+
+
+def test_attempts_match_injected_drops_in_a_scripted_case(tmp_path):
+    # light, grippy cubes: the only way to lose a grasp is a forced drop, so attempts - 1 == drops
+    r = run_collect(tmp_path / "run", "collect.num_episodes=12", "collect.perturbations.drop_rate=0.08",
+                    "collect.perturbations.push_rate=0.0", "collect.perturbations.noise_rate=0.0",
+                    "env.cube.mass=[0.05,0.08]", "env.cube.friction=[1.2,1.5]", "collect.max_attempts=20")
+    assert r.returncode == 0, r.stderr
+    meta = EpisodeStore.open(tmp_path / "run" / "dataset.zarr").episode_meta()
+    assert meta["drops"].sum() >= 4
+    assert np.array_equal(meta["n_attempts"] - 1, meta["drops"])
+
+
+def test_each_filter_rule_fires_on_a_constructed_case():
+    cfg = FilterConfig(max_attempts=3)
+    ok = dict(success=True, lost=False, unstable=False, touched=True, attempts=1)
+    assert classify(**ok, cfg=cfg) is None
+    assert classify(**{**ok, "unstable": True}, cfg=cfg) == "sim_unstable"
+    assert classify(**{**ok, "success": False, "lost": True}, cfg=cfg) == "object_lost"
+    assert classify(**{**ok, "attempts": 4}, cfg=cfg) == "too_many_attempts"
+    assert classify(**{**ok, "success": False, "touched": False}, cfg=cfg) == "no_contact"
+    assert classify(**{**ok, "success": False}, cfg=cfg) == "never_succeeded"
+
+
+def test_retry_mix_quota_and_rejections_are_recorded(tmp_path):
+    r = run_collect(tmp_path / "run", "collect.num_episodes=8", "collect.retry_share_target=0.5",
+                    "collect.perturbations.drop_rate=0.05")
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore.open(tmp_path / "run" / "dataset.zarr")
+    attempts = store.episode_meta()["n_attempts"]
+    assert (attempts > 1).sum() == 4 and (attempts == 1).sum() == 4
+    rejected = store.rejected()
+    quota = store.attrs["reject_reasons"].index("mix_quota")
+    assert (rejected["reason"] == quota).sum() >= 1
+    assert len(rejected["seed"]) == len(rejected["round"]) == len(rejected["reason"])
+
+
+def test_same_seed_gives_byte_identical_arrays(lift_store, tmp_path):
+    r = run_collect(tmp_path / "again", "collect.num_episodes=16")
+    assert r.returncode == 0, r.stderr
+    a, b = all_arrays(lift_store), all_arrays(tmp_path / "again" / "dataset.zarr")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_sigkill_mid_write_then_resume_loses_nothing_and_duplicates_nothing(lift_store, tmp_path):
+    run = tmp_path / "killed"
+    proc = run_collect(run, "collect.num_episodes=16", wait=False)
+    path = run / "dataset.zarr"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if EpisodeStore.open(path).num_episodes >= 5:
+                break
+        except Exception:
+            continue
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = EpisodeStore.open(path).num_episodes
+    assert 5 <= killed_at < 16
+    r = run_collect(run, "collect.num_episodes=16")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    a, b = all_arrays(lift_store), all_arrays(path)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_resume_with_another_env_config_is_refused(lift_store, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(lift_store, run / "dataset.zarr")
+    r = run_collect(run, "collect.num_episodes=20", "env.cube.mass=[0.1,0.2]")
+    assert r.returncode == 2 and "another env config" in r.stderr
+    assert EpisodeStore.open(run / "dataset.zarr").num_episodes == 16  # untouched
+
+
+def test_inspect_json_matches_the_store(lift_store):
+    r = subprocess.run([sys.executable, "-m", "datasets.inspect", str(lift_store), "--json", "--episodes"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    store = EpisodeStore.open(lift_store)
+    meta = store.episode_meta()
+    assert info["episodes"] == store.num_episodes and info["steps"] == store.num_steps
+    assert info["with_retry_share"] == pytest.approx((meta["n_attempts"] > 1).mean())
+    assert sum(info["attempts_histogram"].values()) == store.num_episodes
+    assert info["schema_version"] == 1 and info["env"] == "Lift-v1"
+    assert sum(info["rejected"].values()) == len(store.rejected()["reason"])
+    actions = store.array("data/action")[:]
+    assert info["actions"]["outside_bounds_share"] == pytest.approx(float((np.abs(actions) > 1).mean()))
+    assert [e["length"] for e in info["episode_table"]] == meta["length"].tolist()
+
+
+def test_missing_or_corrupt_store_is_a_clear_error(tmp_path):
+    for path in (tmp_path / "nope.zarr", tmp_path / "junk.zarr"):
+        if path.name == "junk.zarr":
+            path.mkdir()
+            (path / "zarr.json").write_text("{not json")
+        r = subprocess.run([sys.executable, "-m", "datasets.inspect", str(path)], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 2
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:")
