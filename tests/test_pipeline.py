@@ -46,8 +46,9 @@ def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_over
 def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
     run = tmp_path / "all"
     r = pipeline("stage=all", "preset=quick", f"run_dir={run}", "logger.mode=disabled", "teacher.eval_episodes=4",
-                 "env.num_envs=4")
+                 "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "pipeline_summary.json").read_text())
     assert summary["teacher"]["episodes"] == 4
-    assert summary["collect"].startswith("to come")
+    assert summary["collect"]["episodes"] == 4 and (run / "dataset.zarr").exists()  # collect read teacher.pt
+    assert summary["bc"].startswith("to come")

@@ -13,7 +13,10 @@ moves: pyramidal cones with a 200 stiffness held 10/24 and let fast yaw moves fl
 elliptic cone with impratio 10 and stiffness 500 (about 10 N squeeze) held 23/24, failing only for
 heavy and slippery cubes, which is the hidden difficulty we want. Yaw has armature so that a yaw step
 does not spin the held cube out of the pads. Cube geoms have priority 1 so a contact takes the cube's
-friction: that makes "slippery" a property of the cube.
+friction: that makes "slippery" a property of the cube. The z joint stops 12 mm above the table so
+the pads cannot pinch a cube against the table top (a trained PPO policy that pressed down while
+closing launched cubes off the table). Damping the fingers harder (kv 20) helped corner grasps in a
+probe but slowed the release so much that placed cubes were dragged off the tower: kv stays 5.
 
 Static cubes: each cube has a mocap "anchor" and a weld equality between them, inactive by default.
 Welding a cube is per MjData (``eq_active`` and ``mocap_pos`` are data, not model), so envs that share
@@ -101,7 +104,7 @@ def build_mjcf(spec: SceneSpec) -> str:
         <joint name="y" type="slide" axis="0 1 0" range="-0.25 0.25" damping="5"/>
         <inertial pos="0 0 0" mass="0.2" diaginertia="1e-4 1e-4 1e-4"/>
         <body name="z_link" gravcomp="1">
-          <joint name="z" type="slide" axis="0 0 1" range="0.0 0.35" damping="5"/>
+          <joint name="z" type="slide" axis="0 0 1" range="0.012 0.35" damping="5"/>
           <inertial pos="0 0 0" mass="0.2" diaginertia="1e-4 1e-4 1e-4"/>
           <body name="yaw_link" gravcomp="1">
             <joint name="yaw" type="hinge" axis="0 0 1" range="-3.2 3.2" damping="0.05" armature="0.002"/>
@@ -131,7 +134,7 @@ def build_mjcf(spec: SceneSpec) -> str:
   <actuator>
     <position name="x" joint="x" kp="1500" kv="60" ctrlrange="-0.25 0.25"/>
     <position name="y" joint="y" kp="1500" kv="60" ctrlrange="-0.25 0.25"/>
-    <position name="z" joint="z" kp="2500" kv="80" ctrlrange="0.0 0.35"/>
+    <position name="z" joint="z" kp="2500" kv="80" ctrlrange="0.012 0.35"/>
     <position name="yaw" joint="yaw" kp="2" kv="0.12" ctrlrange="-3.2 3.2"/>
     <position name="finger_left" joint="finger_left" kp="500" kv="5" ctrlrange="0 {FINGER_OPEN}"/>
     <position name="finger_right" joint="finger_right" kp="500" kv="5" ctrlrange="0 {FINGER_OPEN}"/>
