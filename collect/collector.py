@@ -6,8 +6,9 @@ order. Everything is deterministic (counter-based env randomness, deterministic 
 so a resumed run re-plays an interrupted round and writes only the episodes not yet committed:
 no loss beyond the episode in flight, no duplicate.
 
-Attempts: the env starts a new attempt when a grasp is lost while the cube is not placed (a drop, a
-slip, a static cube that will not come up); every step records its attempt index. An episode is
+Attempts: the env starts a new attempt when a grasp is lost and the cube does not come to rest in
+place within a few steps (a drop, a slip, a static cube that will not come up, a missed placement);
+every step records its attempt index. An episode is
 kept only if it ends in success; the rest are filtered with a reason (``REJECT_REASONS``).
 """
 

@@ -1,9 +1,11 @@
-"""Inspect a demonstration store: ``python -m datasets.inspect PATH [--json] [--episodes]``.
+"""Inspect a store: ``python -m datasets.inspect PATH [--json] [--episodes] [--plots DIR] [--video EP --out FILE] [--verify]``.
 
 The summary: episodes, steps, success, attempts histogram, share with retries, filter reasons,
 how retries differed from the failed attempt before them, action statistics (including the share
 outside the env's bounds), and every array's shape, dtype, chunks, compression and size.
-``--json`` prints the same as one JSON object; ``--episodes`` adds a per-episode table.
+``--json`` prints the same as one JSON object; ``--episodes`` adds a per-episode table; ``--plots``
+writes PNGs; ``--video`` renders an episode from its stored states; ``--verify`` replays every
+episode's actions from its first state and reports the drift against the stored states.
 Exit code 2 with one line for a missing, corrupt or other-schema store.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -100,18 +103,50 @@ def main(argv=None) -> None:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--episodes", action="store_true", help="add a per-episode table")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots to DIR")
+    p.add_argument("--video", type=int, metavar="EP", help="render episode EP (needs --out)")
+    p.add_argument("--out", type=Path, help="video file (.mp4 or .gif)")
+    p.add_argument("--verify", action="store_true", help="replay every episode and report the drift")
     a = p.parse_args(argv)
     try:
         store = EpisodeStore.open(a.path)
+        if a.video is not None and a.out is None:
+            raise ConfigError("--video needs --out FILE.mp4 (or .gif)")
+        extra = _actions(store, a)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    info = summary(store)
+    info = {**summary(store), **extra}
     episodes = episode_rows(store) if a.episodes else None
+    if not a.json:
+        for key in ("plots", "video", "verify"):
+            if key in info:
+                print(f"{key}: {info[key]}")
     if a.json:
         print(json.dumps({**info, **({"episode_table": episodes} if episodes is not None else {})}, default=_plain))
     else:
         print_summary(info, episodes)
+
+
+def _actions(store: EpisodeStore, a) -> dict:
+    """Run the optional --plots / --video / --verify actions; their results join the summary."""
+    extra: dict = {}
+    if a.plots is not None:
+        from datasets.plots import make_plots
+
+        extra["plots"] = [str(p) for p in make_plots(store, a.plots)]
+    if a.video is not None:
+        from datasets.replay import render_episode
+
+        try:
+            extra["video"] = {"path": str(a.out), "frames": render_episode(store, a.video, a.out)}
+        except RuntimeError as exc:  # RenderUnavailable: no GL backend
+            raise ConfigError(str(exc)) from exc
+    if a.verify:
+        from datasets.replay import verify
+
+        extra["verify"] = verify(store)
+    return extra
 
 
 def _plain(x):

@@ -71,7 +71,7 @@ class ScriptedExpert:
             slots = base[:, None, :] + np.zeros((1, self.K, 3))
             slots[..., 2] = base[:, None, 2] + 2 * half[:, None] * np.arange(1, self.K + 1)
             on_tower = (np.linalg.norm(cubes[:, :, None, :2] - slots[:, None, :, :2], axis=-1) < 0.015).any(2) & \
-                       (cubes[..., 2] > base[:, None, 2] + half[:, None])
+                       (cubes[..., 2] > base[:, None, 2] + half[:, None]) & ~held  # the carried cube is not placed
         else:
             on_tower = np.zeros((N, self.C), bool)
 

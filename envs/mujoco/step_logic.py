@@ -4,8 +4,8 @@
 2. the raw action gets the noise burst, then is clipped to [-1, 1]: the env boundary, the only clip;
 3. the servo targets move by the scaled action; the gripper closes when the action's last entry > 0;
 4. physics: ``substeps`` MuJoCo steps in threads;
-5. task bookkeeping: held cubes, attempts (a grasp lost while the cube is not placed starts a new
-   attempt), hidden properties revealed by a lift attempt, occlusion windows;
+5. task bookkeeping: held cubes, attempts (a grasp lost, with the cube not placed within
+   ``SETTLE_STEPS``, starts a new attempt), hidden properties revealed by a lift attempt, occlusion;
 6. reward, success (condition held for ``hold_steps``), failures (a cube off the table, a physics
    blow-up), time-outs; observations; auto-reset of finished envs.
 """
@@ -21,6 +21,7 @@ from envs.mujoco import scene
 LIFT_TRIED = 0.015  # m the gripper rose above its grasp height: a lift was attempted, properties revealed
 MAX_TARGET_LEAD = 0.03  # m the position target may run ahead of the gripper (no wind-up against the table)
 MAX_YAW_LEAD = 0.2  # rad
+SETTLE_STEPS = 6  # a released cube that is not placed within this many steps is a failed attempt
 LOST_BELOW = -0.05  # m: an object this far below the table top has fallen off
 
 
@@ -71,8 +72,15 @@ def _update_attempts(env, f) -> None:
     st["grasp_z"][:, :C] = np.where(started, gz, st["grasp_z"][:, :C])
     lifting = (held | held_prev) & (gz > st["grasp_z"][:, :C] + LIFT_TRIED)
     st["revealed"][:, :C] = np.maximum(st["revealed"][:, :C], lifting)
-    lost = held_prev & ~held & ~env.task.placed(f)
-    st["attempt"] += lost.any(1)
+    # A release is judged once the cube had time to settle: dropped onto the tower from a little above
+    # is a placement, not a failure. A lost grasp that leads nowhere starts a new attempt.
+    placed = env.task.placed(f)
+    wait = st["release_wait"][:, :C]
+    wait[held_prev & ~held & ~placed] = SETTLE_STEPS
+    wait[placed | held] = 0
+    failed = wait == 1
+    wait[:] = np.maximum(wait - 1, 0)
+    st["attempt"] += failed.any(1)
     st["ever_touched"] = np.maximum(st["ever_touched"], held.any(1))
     st["held_prev"][:, :C] = held
 

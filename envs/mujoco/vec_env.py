@@ -39,7 +39,8 @@ class MujocoVecEnv:
     # Task-state fields packed after the MuJoCo state by get_state: name -> width per object (O) or 1.
     _SCALARS = ("step", "attempt", "episode_index", "seed_lo", "seed_hi", "hold_count", "drop_left",
                 "noise_left", "closed", "ep_return", "ever_touched")
-    _PER_OBJECT = ("occl_left", "revealed", "held_prev", "grasp_z", "half", "mass", "friction", "static")
+    _PER_OBJECT = ("occl_left", "revealed", "held_prev", "grasp_z", "release_wait", "half", "mass", "friction",
+                   "static")
 
     def __init__(self, cfg: TaskConfig, device: str = "cpu"):
         self.cfg = cfg
@@ -245,7 +246,7 @@ class MujocoVecEnv:
         st = self.st
         for k in ("step", "attempt", "hold_count", "drop_left", "noise_left", "closed", "ep_return", "ever_touched"):
             st[k][i] = 0
-        for k in ("occl_left", "revealed", "held_prev", "grasp_z"):
+        for k in ("occl_left", "revealed", "held_prev", "grasp_z", "release_wait"):
             st[k][i] = 0
 
     def reset_envs(self, env_ids) -> None:
