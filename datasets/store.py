@@ -19,11 +19,13 @@ chunk and metadata file atomically (temp file, then rename); leftover ``*.partia
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from envs.base import ConfigError
 
@@ -37,6 +39,16 @@ def _compressor():
     return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
+def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:
+    """Append to many arrays in one trip through zarr's event loop: one sync append per array costs a
+    round trip each (measured: 52 arrays took 240 ms per episode one by one)."""
+
+    async def gather():
+        await asyncio.gather(*(arr._async_array.append(values, axis=0) for arr, values in pending))
+
+    zarr_sync(gather())
+
+
 def obs_key(entity: str, term: str) -> str:
     return f"{entity}_{term}"
 
@@ -46,6 +58,7 @@ class EpisodeStore:
 
     def __init__(self, root: zarr.Group, path: Path):
         self.root, self.path = root, path
+        self._cache: dict[str, list[tuple[str, zarr.Array]]] = {}
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -109,32 +122,33 @@ class EpisodeStore:
                 arr.resize((n_rej,))
 
     def _arrays(self, prefix: str) -> list[tuple[str, zarr.Array]]:
-        group = self.root[prefix]
-        out = []
-        for name, member in group.members(max_depth=None):
-            if isinstance(member, zarr.Array):
-                out.append((name, member))
-        return sorted(out)
+        """(name, array) under ``prefix``, listed once: a listing walks the directory tree."""
+        if prefix not in self._cache:
+            members = self.root[prefix].members(max_depth=None)
+            self._cache[prefix] = sorted((n, m) for n, m in members if isinstance(m, zarr.Array))
+        return self._cache[prefix]
 
     # ------------------------------------------------------------------ write
     def append_episode(self, data: dict[str, np.ndarray], meta: dict) -> None:
         """Append one episode (every data array, every meta field), then commit it."""
         length = len(data["action"])
+        pending = []
         for name, arr in self._arrays("data"):
             values = data[name]
             if len(values) != length:
                 raise ValueError(f"data/{name} has {len(values)} steps, the episode has {length}")
-            arr.append(np.asarray(values, dtype=arr.dtype), axis=0)
+            pending.append((arr, np.asarray(values, dtype=arr.dtype)))
         for name, arr in self._arrays("meta/episode"):
-            arr.append(np.asarray([meta[name]], dtype=arr.dtype))
+            pending.append((arr, np.asarray([meta[name]], dtype=arr.dtype)))
+        _append_concurrently(pending)
         ends = self.root["meta/episode_ends"]
         last = int(ends[ends.shape[0] - 1]) if ends.shape[0] else 0
-        ends.append(np.asarray([last + length], dtype=np.int64))  # the commit
+        ends.append(np.asarray([last + length], dtype=np.int64))  # the commit, after every array above
 
     def append_rejected(self, record: dict) -> None:
-        for name, arr in self._arrays("meta/rejected"):
-            value = REJECT_REASONS.index(record[name]) if name == "reason" else record[name]
-            arr.append(np.asarray([value], dtype=arr.dtype))
+        _append_concurrently([(arr, np.asarray([REJECT_REASONS.index(record[name]) if name == "reason"
+                                                else record[name]], dtype=arr.dtype))
+                              for name, arr in self._arrays("meta/rejected")])
 
     # ------------------------------------------------------------------ read
     @property
