@@ -62,6 +62,9 @@ class NullStore:
     def append_rejected(self, record):
         pass
 
+    def flush(self):
+        pass
+
 
 def run(env_name: str, episodes: int, num_envs: int, write: bool, out_dir: Path) -> tuple[float, dict]:
     cfg = yaml.safe_load((ROOT / "configs" / "env" / f"{env_name}.yaml").read_text())

@@ -181,6 +181,7 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
             teacher.reset(done)
             obs = next_obs
         round_index += 1
+    store.flush()
     return summarize(store)
 
 

@@ -79,13 +79,13 @@ def run(cfg) -> dict:
              "seed": int(cfg.seed), "collect_cfg": OmegaConf.to_container(c, resolve=True),
              "action_bounds": [-1.0, 1.0]}
     if out.exists():
-        store = EpisodeStore.open(out, mode="a")
+        store = EpisodeStore.open(out, mode="a", flush_every=int(c.flush_every))
         if store.attrs.get("env_cfg") != collect_env_cfg or store.attrs.get("seed") != int(cfg.seed):
             raise ConfigError(f"{out} was collected with another env config or seed; resume with the same "
                               f"settings, or pass collect.out=NEW_PATH")
         print(f"[collect] resuming {out}: {store.num_episodes} episodes already committed")
     else:
-        store = EpisodeStore.create(out, attrs, data_layout(env), EPISODE_LAYOUT)
+        store = EpisodeStore.create(out, attrs, data_layout(env), EPISODE_LAYOUT, flush_every=int(c.flush_every))
     filters = FilterConfig(max_attempts=int(c.max_attempts),
                            retry_share_target=None if c.retry_share_target is None else float(c.retry_share_target))
     target = int(c.num_episodes)
@@ -95,7 +95,7 @@ def run(cfg) -> dict:
         task = bar.add_task("collect", total=target, completed=store.num_episodes, info="")
 
         def progress(s: EpisodeStore) -> None:
-            bar.update(task, completed=s.num_episodes, info=f"rejected {len(s.rejected()['reason'])}")
+            bar.update(task, completed=s.num_episodes, info=f"rejected {s.num_rejected}")
 
         summary = collect(env, teacher, store, target, int(cfg.seed), filters, progress)
     env.close()

@@ -138,6 +138,7 @@ def import_(src, dst) -> int:
                 meta = {"seed": int(demo.attrs.get("seed", 0)), "length": len(ep["action"]),
                         "n_attempts": int(ep["attempt"].max()) + 1, "return": float(ep["reward"].sum())}
             store.append_episode(ep, meta)
+        store.flush()
     return len(names)
 
 

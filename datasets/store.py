@@ -11,10 +11,14 @@ Layout (schema 1; diffusion_policy's convention of concatenated steps plus episo
     meta/rejected/<field>              (R,)             filtered episodes: reason code, seed, round, slot
     attrs: schema_version, env, env_cfg, obs_spec, teacher, teacher_sha256, code_version, seed, created_at
 
-Commit protocol: an episode's arrays are appended first, then ``meta/episode_ends`` grows. Readers
-trust ``episode_ends`` only, so a kill between the two loses at most the episode in flight; ``open``
-for writing truncates any tail beyond the last committed episode. zarr's LocalStore writes each
-chunk and metadata file atomically (temp file, then rename); leftover ``*.partial`` files are removed.
+Commit protocol. Each finished episode is first written to a journal file
+(``journal/ep-<index>.npz``, plain arrays, no pickle; temp file then rename), which costs about a
+millisecond. Every ``flush_every`` episodes the journal is folded into the zarr arrays in one append
+per array, then ``meta/episode_ends`` grows (the commit), then the folded journal files are
+deleted. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")`` truncates arrays
+beyond the last commit, removes ``*.partial`` files, and folds the surviving journal in: only the
+episode in flight is lost. (Appending every episode straight to ~50 zarr arrays cost 170-240 ms per
+episode, several times the collection itself.)
 """
 
 from __future__ import annotations
@@ -56,14 +60,18 @@ def obs_key(entity: str, term: str) -> str:
 class EpisodeStore:
     """Append-only episode store; also the reader (``episode(i)``, ``array(name)``)."""
 
-    def __init__(self, root: zarr.Group, path: Path):
+    def __init__(self, root: zarr.Group, path: Path, flush_every: int = 32):
         self.root, self.path = root, path
+        self.flush_every = flush_every
         self._cache: dict[str, list[tuple[str, zarr.Array]]] = {}
+        self._journal = path / "journal"
+        self._pending: list[tuple[Path, dict, dict]] = []  # journaled episodes not yet folded in
+        self._pending_rejected: list[tuple[Path, dict]] = []
 
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path, attrs: dict, data_layout: dict[str, tuple[tuple, str]],
-               episode_layout: dict[str, str]) -> "EpisodeStore":
+               episode_layout: dict[str, str], flush_every: int = 32) -> "EpisodeStore":
         """New store. ``data_layout``: name -> (trailing shape, dtype) of per-step arrays (names may
         contain '/'); ``episode_layout``: per-episode field -> dtype."""
         path = Path(path)
@@ -79,10 +87,10 @@ class EpisodeStore:
             root.create_array(f"meta/rejected/{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=0)
         root.attrs.update({"schema_version": SCHEMA_VERSION, "reject_reasons": list(REJECT_REASONS),
                            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **attrs})
-        return cls(root, path)
+        return cls(root, path, flush_every)
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> "EpisodeStore":
+    def open(cls, path, mode: str = "r", flush_every: int = 32) -> "EpisodeStore":
         """Open an existing store; ``mode="a"`` also repairs an interrupted write. Bad input -> ConfigError."""
         path = Path(path)
         if not path.exists():
@@ -97,14 +105,15 @@ class EpisodeStore:
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{path} has schema version {version}, this code reads version {SCHEMA_VERSION}; "
                               f"re-collect it or use the matching release")
-        store = cls(root, path)
+        store = cls(root, path, flush_every)
         if mode != "r":
             store._repair()
+            store._replay_journal()
         return store
 
     def _repair(self) -> None:
         """Drop whatever a killed writer left beyond the last committed episode."""
-        for partial in self.path.rglob("*.partial"):
+        for partial in self.path.rglob("*.partial"):  # zarr's and the journal's unfinished files
             partial.unlink()
         ends = self.root["meta/episode_ends"]
         n_eps = ends.shape[0]
@@ -129,26 +138,101 @@ class EpisodeStore:
         return self._cache[prefix]
 
     # ------------------------------------------------------------------ write
+    def _write_journal(self, name: str, arrays: dict[str, np.ndarray]) -> Path:
+        self._journal.mkdir(exist_ok=True)
+        path = self._journal / name
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        tmp.replace(path)
+        return path
+
     def append_episode(self, data: dict[str, np.ndarray], meta: dict) -> None:
-        """Append one episode (every data array, every meta field), then commit it."""
+        """Journal one episode now (durable); fold it into the arrays at the next flush."""
         length = len(data["action"])
-        pending = []
+        clean = {}
         for name, arr in self._arrays("data"):
-            values = data[name]
-            if len(values) != length:
-                raise ValueError(f"data/{name} has {len(values)} steps, the episode has {length}")
-            pending.append((arr, np.asarray(values, dtype=arr.dtype)))
-        for name, arr in self._arrays("meta/episode"):
-            pending.append((arr, np.asarray([meta[name]], dtype=arr.dtype)))
-        _append_concurrently(pending)
-        ends = self.root["meta/episode_ends"]
-        last = int(ends[ends.shape[0] - 1]) if ends.shape[0] else 0
-        ends.append(np.asarray([last + length], dtype=np.int64))  # the commit, after every array above
+            if len(data[name]) != length:
+                raise ValueError(f"data/{name} has {len(data[name])} steps, the episode has {length}")
+            clean[name] = np.asarray(data[name], dtype=arr.dtype)
+        meta = {name: np.asarray(meta[name], dtype=arr.dtype) for name, arr in self._arrays("meta/episode")}
+        index = self.committed_episodes + len(self._pending)
+        path = self._write_journal(f"ep-{index:09d}.npz", self._pack(clean, meta))
+        self._pending.append((path, clean, meta))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
 
     def append_rejected(self, record: dict) -> None:
-        _append_concurrently([(arr, np.asarray([REJECT_REASONS.index(record[name]) if name == "reason"
-                                                else record[name]], dtype=arr.dtype))
-                              for name, arr in self._arrays("meta/rejected")])
+        values = {name: np.asarray(REJECT_REASONS.index(record[name]) if name == "reason" else record[name],
+                                   dtype=arr.dtype) for name, arr in self._arrays("meta/rejected")}
+        index = self.committed_rejected + len(self._pending_rejected)
+        path = self._write_journal(f"rej-{index:09d}.npz", {f"r:{k}": v for k, v in values.items()})
+        self._pending_rejected.append((path, values))
+
+    def _pack(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Few journal entries: a zip member costs ~0.1 ms, so the float32 arrays share one matrix and
+        the meta fields one record."""
+        floats = [n for n, a in self._arrays("data") if a.dtype == np.float32]
+        T = len(data["action"])
+        packed = {"f32": np.concatenate([data[n].reshape(T, -1) for n in floats], axis=1)}
+        packed.update({f"d:{n}": data[n] for n, a in self._arrays("data") if a.dtype != np.float32})
+        record = np.zeros((), dtype=[(n, a.dtype) for n, a in self._arrays("meta/episode")])
+        for name in record.dtype.names:
+            record[name] = meta[name]
+        packed["meta"] = record
+        return packed
+
+    def _unpack(self, packed: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        data, col = {}, 0
+        floats = packed["f32"]
+        for name, arr in self._arrays("data"):
+            if arr.dtype == np.float32:
+                width = int(np.prod(arr.shape[1:], dtype=int))
+                data[name] = floats[:, col: col + width].reshape(len(floats), *arr.shape[1:])
+                col += width
+            else:
+                data[name] = packed[f"d:{name}"]
+        record = packed["meta"]
+        return data, {name: np.asarray(record[name]) for name in record.dtype.names}
+
+    def flush(self) -> None:
+        """Fold journaled episodes into the arrays: one append per array, then the commit."""
+        if self._pending:
+            appends = [(arr, np.concatenate([p[1][name] for p in self._pending]))
+                       for name, arr in self._arrays("data")]
+            appends += [(arr, np.stack([p[2][name] for p in self._pending])) for name, arr in self._arrays("meta/episode")]
+            _append_concurrently(appends)
+            ends = self._ends()
+            last = int(ends[ends.shape[0] - 1]) if ends.shape[0] else 0
+            lengths = np.array([len(p[1]["action"]) for p in self._pending], dtype=np.int64)
+            ends.append(last + np.cumsum(lengths))  # the commit, after every array above
+            for path, _, _ in self._pending:
+                path.unlink(missing_ok=True)
+            self._pending.clear()
+        if self._pending_rejected:
+            _append_concurrently([(arr, np.stack([p[1][name] for p in self._pending_rejected]))
+                                  for name, arr in self._arrays("meta/rejected")])
+            for path, _ in self._pending_rejected:
+                path.unlink(missing_ok=True)
+            self._pending_rejected.clear()
+
+    def _replay_journal(self) -> None:
+        """Fold in what a killed writer journaled but did not commit; drop what it already committed."""
+        if not self._journal.exists():
+            return
+        for path in sorted(self._journal.glob("*.npz")):
+            kind, index = path.stem.split("-")
+            committed = self.committed_episodes if kind == "ep" else self.committed_rejected
+            if int(index) < committed:
+                path.unlink()
+                continue
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if kind == "ep":
+                self._pending.append((path, *self._unpack(arrays)))
+            else:
+                self._pending_rejected.append((path, {k[2:]: v for k, v in arrays.items()}))
+        self.flush()
 
     # ------------------------------------------------------------------ read
     @property
@@ -157,11 +241,30 @@ class EpisodeStore:
 
     @property
     def episode_ends(self) -> np.ndarray:
-        return self.root["meta/episode_ends"][:]
+        return self._ends()[:]
+
+    @property
+    def committed_episodes(self) -> int:
+        return self._ends().shape[0]
+
+    @property
+    def committed_rejected(self) -> int:
+        return dict(self._arrays("meta/rejected"))["reason"].shape[0]
+
+    def _ends(self) -> zarr.Array:
+        """The commit array, opened once (``root[...]`` re-reads its metadata from disk each time)."""
+        if "ends" not in self._cache:
+            self._cache["ends"] = [("episode_ends", self.root["meta/episode_ends"])]
+        return self._cache["ends"][0][1]
+
+    @property
+    def num_rejected(self) -> int:
+        return self.committed_rejected + len(self._pending_rejected)
 
     @property
     def num_episodes(self) -> int:
-        return self.root["meta/episode_ends"].shape[0]
+        """Episodes this store holds, journaled ones included (a reader sees committed ones only)."""
+        return self.committed_episodes + len(self._pending)
 
     @property
     def num_steps(self) -> int:

@@ -63,7 +63,9 @@ class PPO:
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
         self.generator = generator
 
-    def update(self, storage: RolloutStorage) -> dict:
+    def update(self, storage: RolloutStorage, update_actor: bool = True) -> dict:
+        """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
+        pretrained actor: a fresh critic's advantages would otherwise wreck the actor first)."""
         cfg = self.cfg
         sums: dict[str, float] = {}
         grad_l2: dict[str, float] = {}
@@ -78,7 +80,7 @@ class PPO:
 
             with torch.no_grad():
                 kl = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean().item()
-            if cfg.schedule == "adaptive":
+            if cfg.schedule == "adaptive" and update_actor:
                 self.learning_rate = adapt_learning_rate(self.learning_rate, kl, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate
@@ -95,7 +97,9 @@ class PPO:
             else:
                 value_loss = (values - returns).pow(2).mean()
 
-            loss = policy_loss + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
+            loss = cfg.value_loss_coef * value_loss
+            if update_actor:
+                loss = loss + policy_loss - cfg.entropy_coef * entropy
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
                                      f"no checkpoint written")

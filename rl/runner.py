@@ -29,6 +29,7 @@ class RunnerConfig:
     save_every: int = 50  # iterations between checkpoints (and one at the end)
     random_initial_lengths: bool = True  # desynchronise resets once, at the start
     episode_window: int = 200  # finished episodes in the rolling success / return statistics
+    critic_warmup_iterations: int = 0  # first iterations train only the critic (pretrained actors)
 
 
 class OnPolicyRunner:
@@ -112,7 +113,8 @@ class OnPolicyRunner:
                 t0 = time.perf_counter()
                 rollout_stats = self.collect_rollout()
                 t1 = time.perf_counter()
-                update_stats = self.ppo.update(self.storage)
+                warming_up = self.iteration < self.cfg.critic_warmup_iterations
+                update_stats = self.ppo.update(self.storage, update_actor=not warming_up)
                 # After the update, so the update saw the same normalisation the rollout was sampled with.
                 self.policy.update_normalizers({k: v.reshape(-1, v.shape[-1]) for k, v in self.storage.obs.items()})
                 self.storage.clear()

@@ -21,7 +21,8 @@ from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
-from teacher.ppo_teacher import ExpertStateResets, build_policy, expert_state_pool, load_teacher
+from teacher.ppo_teacher import (ExpertStateResets, behaviour_clone, build_policy, expert_pairs, expert_state_pool,
+                                 load_teacher)
 
 
 def run(cfg) -> dict:
@@ -84,11 +85,21 @@ def _run_ppo(cfg) -> dict:
     meta = {"kind": "ppo_mlp", "env_name": env.cfg.name, "env_cfg": env_cfg, "obs_spec": env.obs_spec.to_dict()}
     runner = OnPolicyRunner(env, policy, PPOConfig(**OmegaConf.to_container(t.ppo)),
                             RunnerConfig(num_steps_per_env=int(t.steps_per_env), num_iterations=int(t.iterations),
-                                         seed=int(cfg.seed), save_every=int(t.save_every)),
+                                         seed=int(cfg.seed), save_every=int(t.save_every),
+                                         critic_warmup_iterations=int(t.warm_start.critic_warmup_iterations)
+                                         if t.warm_start.enabled else 0),
                             logger=logger, on_reset=on_reset, checkpoint_meta=meta)
     if resume:
         runner.load(load_teacher(path, env.cfg.name))
         print(f"[teacher] resuming {path} at iteration {runner.iteration}")
+    elif t.warm_start.enabled:
+        w = t.warm_start
+        obs, actions = expert_pairs(env, int(cfg.seed) + 211, int(w.expert_steps))
+        bc = behaviour_clone(policy, obs, actions, int(w.bc_steps), int(w.batch_size), float(w.learning_rate),
+                             int(cfg.seed))
+        logger.log(bc)
+        print(f"[teacher] warm start: imitated {bc['bc_samples']} expert steps, "
+              f"MSE {bc['bc_loss_first']:.3f} -> {bc['bc_loss_last']:.3f}")
     last = runner.learn(checkpoint_path=Path(path))
     logger.close()
     env.close()

@@ -105,7 +105,7 @@ def test_same_seed_gives_byte_identical_arrays(lift_store, tmp_path):
 
 def test_sigkill_mid_write_then_resume_loses_nothing_and_duplicates_nothing(lift_store, tmp_path):
     run = tmp_path / "killed"
-    proc = run_collect(run, "collect.num_episodes=16", wait=False)
+    proc = run_collect(run, "collect.num_episodes=16", "collect.flush_every=2", wait=False)
     path = run / "dataset.zarr"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -119,7 +119,7 @@ def test_sigkill_mid_write_then_resume_loses_nothing_and_duplicates_nothing(lift
     proc.wait()
     killed_at = EpisodeStore.open(path).num_episodes
     assert 5 <= killed_at < 16
-    r = run_collect(run, "collect.num_episodes=16")
+    r = run_collect(run, "collect.num_episodes=16", "collect.flush_every=2")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     a, b = all_arrays(lift_store), all_arrays(path)
