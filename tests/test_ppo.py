@@ -172,3 +172,30 @@ def test_nan_reward_stops_training_with_a_clear_message_and_no_checkpoint(tmp_pa
     with pytest.raises(NonFiniteError, match="non-finite reward from envs \\[3\\]"):
         runner.learn(num_iterations=3, checkpoint_path=ckpt, progress=False)
     assert not ckpt.exists()  # the NaN came in the first rollout, before the first save
+
+
+def test_critic_warmup_moves_only_the_critic():
+    env = PointReach(num_envs=16)
+    policy = tiny_policy()
+    actor_before = [p.clone() for p in policy.actor.parameters()] + [policy.log_std.clone()]
+    critic_before = [p.clone() for p in policy.critic.parameters()]
+    runner = OnPolicyRunner(env, policy, PPOConfig(), RunnerConfig(num_steps_per_env=8, critic_warmup_iterations=2))
+    runner.learn(num_iterations=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(actor_before, list(policy.actor.parameters()) + [policy.log_std]))
+    assert not all(torch.equal(a, b) for a, b in zip(critic_before, policy.critic.parameters()))
+    runner.learn(num_iterations=3, progress=False)  # after the warm-up the actor moves
+    assert not all(torch.equal(a, b) for a, b in zip(actor_before, policy.actor.parameters()))
+
+
+def test_behaviour_cloning_warm_start_fits_the_expert(make):
+    from teacher.ppo_teacher import behaviour_clone, expert_pairs
+
+    env = make("lift", num_envs=8)
+    dim = env.obs_spec.dim("privileged")
+    policy = MLPActorCritic(MLPPolicyConfig(actor_dim=dim, critic_dim=dim, action_dim=5, actor_hidden=[64, 64],
+                                            critic_hidden=[32]))
+    obs, actions = expert_pairs(env, seed=0, steps=40)
+    assert obs["privileged"].shape == (320, dim) and actions.shape == (320, 5)
+    stats = behaviour_clone(policy, obs, actions, steps=300, batch=128, lr=1e-3, seed=0)
+    assert stats["bc_loss_last"] < 0.3 * stats["bc_loss_first"]
+    assert policy.log_std.exp().allclose(torch.ones(5))  # the std keeps its initial value

@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 from tests.test_pipeline import pipeline
 
 TINY = ["teacher=ppo", "teacher.num_envs=8", "teacher.steps_per_env=8", "teacher.eval_episodes=4",
-        "teacher.actor_hidden=[32]", "teacher.critic_hidden=[32]", "logger.mode=disabled"]
+        "teacher.actor_hidden=[32]", "teacher.critic_hidden=[32]", "logger.mode=disabled",
+        "teacher.warm_start.expert_steps=20", "teacher.warm_start.bc_steps=50", "teacher.warm_start.critic_warmup_iterations=1"]
 DIAGNOSTICS = ["success_rate", "mean_return", "mean_episode_length", "kl", "clip_fraction", "value_loss",
                "explained_variance", "returns_var", "learning_rate", "entropy", "action_std", "action_mean_spread",
                "env_steps_per_s", "s_per_iteration", "s_per_rollout"]
@@ -35,7 +36,9 @@ def test_ppo_teacher_stage_trains_logs_plots_and_resumes(tmp_path):
     assert [m["iteration"] for m in logged] == [1, 2, 3]
     for key in DIAGNOSTICS:
         assert all(key in m for m in logged), key
-    assert any(k.startswith("grad_l2/actor.0") for k in logged[0]) and any(k.startswith("grad_max/") for k in logged[0])
+    assert not any(k.startswith("grad_l2/actor.") for k in logged[0])  # critic warm-up: the actor is frozen
+    assert any(k.startswith("grad_l2/actor.0") for k in logged[-1]) and any(k.startswith("grad_max/") for k in logged[-1])
+    assert "warm start" in r.stdout
 
     plots = subprocess.run([sys.executable, "-m", "rl.plot", str(run)], cwd=ROOT, capture_output=True, text=True)
     assert plots.returncode == 0, plots.stderr
