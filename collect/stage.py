@@ -58,6 +58,9 @@ def _env_dict(cfg) -> dict:
 
 def run(cfg) -> dict:
     c = cfg.collect
+    if int(c.workers) != 1:
+        raise ConfigError(f"collect.workers={c.workers}: sharded parallel collection is not implemented yet; "
+                          f"use collect.workers=1 (the env already steps its scenes on every core)")
     env_cfg = _env_dict(cfg)
     collect_env_cfg = {**env_cfg, "num_envs": int(c.num_envs),
                        "perturbations": {**env_cfg["perturbations"], **OmegaConf.to_container(c.perturbations)}}

@@ -13,7 +13,7 @@ Layout (schema 1; diffusion_policy's convention of concatenated steps plus episo
 
 Commit protocol. Each finished episode is first written to a journal file
 (``journal/ep-<index>.npz``, plain arrays, no pickle; temp file then rename), which costs about a
-millisecond. Every ``flush_every`` episodes the journal is folded into the zarr arrays in one append
+millisecond. Every ``flush_every`` (default 128) episodes the journal is folded into the zarr arrays in one append
 per array, then ``meta/episode_ends`` grows (the commit), then the folded journal files are
 deleted. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")`` truncates arrays
 beyond the last commit, removes ``*.partial`` files, and folds the surviving journal in: only the
@@ -60,7 +60,7 @@ def obs_key(entity: str, term: str) -> str:
 class EpisodeStore:
     """Append-only episode store; also the reader (``episode(i)``, ``array(name)``)."""
 
-    def __init__(self, root: zarr.Group, path: Path, flush_every: int = 32):
+    def __init__(self, root: zarr.Group, path: Path, flush_every: int = 128):
         self.root, self.path = root, path
         self.flush_every = flush_every
         self._cache: dict[str, list[tuple[str, zarr.Array]]] = {}
@@ -71,7 +71,7 @@ class EpisodeStore:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path, attrs: dict, data_layout: dict[str, tuple[tuple, str]],
-               episode_layout: dict[str, str], flush_every: int = 32) -> "EpisodeStore":
+               episode_layout: dict[str, str], flush_every: int = 128) -> "EpisodeStore":
         """New store. ``data_layout``: name -> (trailing shape, dtype) of per-step arrays (names may
         contain '/'); ``episode_layout``: per-episode field -> dtype."""
         path = Path(path)
@@ -90,7 +90,7 @@ class EpisodeStore:
         return cls(root, path, flush_every)
 
     @classmethod
-    def open(cls, path, mode: str = "r", flush_every: int = 32) -> "EpisodeStore":
+    def open(cls, path, mode: str = "r", flush_every: int = 128) -> "EpisodeStore":
         """Open an existing store; ``mode="a"`` also repairs an interrupted write. Bad input -> ConfigError."""
         path = Path(path)
         if not path.exists():

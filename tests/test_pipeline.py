@@ -38,14 +38,15 @@ def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_over
     assert "Successes" in (run / "teacher_eval.md").read_text()
     assert (run / "metrics.jsonl").exists() and (run / "config.yaml").exists()
     before = (run / "teacher.pt").read_bytes()
-    again = pipeline("stage=teacher", f"run_dir={run}", "logger.mode=disabled")
+    again = pipeline("stage=teacher", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled")
     assert again.returncode == 2 and "already exists" in again.stderr
     assert (run / "teacher.pt").read_bytes() == before
 
 
 def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
     run = tmp_path / "all"
-    r = pipeline("stage=all", "preset=quick", f"run_dir={run}", "logger.mode=disabled", "teacher.eval_episodes=4",
+    r = pipeline("stage=all", "preset=quick", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
+                 "teacher.eval_episodes=4",
                  "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "pipeline_summary.json").read_text())
