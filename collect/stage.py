@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
 from common.rundir import run_dir
 from datasets.store import EpisodeStore
-from envs import make_env
+from envs import env_config_dict, make_env
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.networks import MLPActorCritic, MLPPolicyConfig
@@ -50,18 +50,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def _env_dict(cfg) -> dict:
-    env = OmegaConf.to_container(cfg.env, resolve=True)
-    env.pop("simulator", None)
-    return env
-
-
 def run(cfg) -> dict:
     c = cfg.collect
     if int(c.workers) != 1:
         raise ConfigError(f"collect.workers={c.workers}: sharded parallel collection is not implemented yet; "
                           f"use collect.workers=1 (the env already steps its scenes on every core)")
-    env_cfg = _env_dict(cfg)
+    env_cfg = env_config_dict(cfg.env)
     collect_env_cfg = {**env_cfg, "num_envs": int(c.num_envs),
                        "perturbations": {**env_cfg["perturbations"], **OmegaConf.to_container(c.perturbations)}}
     ckpt_path = Path(c.teacher_ckpt).expanduser().resolve() if c.teacher_ckpt else run_dir(cfg) / "teacher.pt"

@@ -14,11 +14,17 @@ def make_env(env_cfg: Any, **overrides):
     from envs.mujoco.config import parse_task_config
     from envs.mujoco.vec_env import MujocoVecEnv
 
-    data = _to_dict(env_cfg)
+    data = env_config_dict(env_cfg)
     data.update(overrides)
     device = data.pop("device", "cpu")
-    data.pop("simulator", None)
     return MujocoVecEnv(parse_task_config(data), device=device)
+
+
+def env_config_dict(cfg: Any) -> dict:
+    """A plain, resolved dict of an env config (what checkpoints and datasets record)."""
+    data = _to_dict(cfg)
+    data.pop("simulator", None)
+    return data
 
 
 def _to_dict(cfg: Any) -> dict:

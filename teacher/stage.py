@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from common.evaluate import evaluate, format_table
 from common.metrics import MetricsLogger
 from common.rundir import output_path, run_dir
-from envs import make_env
+from envs import env_config_dict, make_env
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.ppo import PPOConfig
@@ -34,12 +34,6 @@ def run(cfg) -> dict:
     raise ConfigError(f"teacher.kind={kind!r}; choose ppo or scripted")
 
 
-def _env_dict(cfg) -> dict:
-    env = OmegaConf.to_container(cfg.env, resolve=True)
-    env.pop("simulator", None)
-    return env
-
-
 def _report(cfg, result: dict, label: str) -> str:
     out = run_dir(cfg)
     (out / "teacher_eval.json").write_text(json.dumps(result, indent=2))
@@ -55,7 +49,7 @@ def _run_scripted(cfg) -> dict:
     expert = ScriptedExpert.for_env(env)
     result = evaluate(env, expert.act, expert.reset, int(cfg.teacher.eval_episodes), seed=int(cfg.seed))
     result.update(policy_device="cpu", sim_device=str(env.device), env=env.cfg.name, teacher="scripted")
-    torch.save({"kind": "scripted", "env_name": env.cfg.name, "env_cfg": _env_dict(cfg),
+    torch.save({"kind": "scripted", "env_name": env.cfg.name, "env_cfg": env_config_dict(cfg.env),
                 "obs_spec": env.obs_spec.to_dict(), "eval": result}, ckpt_path)
     logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project)
     logger.log({k: v for k, v in result.items() if isinstance(v, (int, float))})
@@ -71,7 +65,7 @@ def _run_ppo(cfg) -> dict:
     resume = bool(t.resume) and path.exists()
     if not resume:
         path = output_path(cfg, "teacher.pt")
-    env_cfg = _env_dict(cfg)
+    env_cfg = env_config_dict(cfg.env)
     train_cfg = {**env_cfg, "num_envs": int(t.num_envs),
                  "perturbations": {**env_cfg.get("perturbations", {}), **OmegaConf.to_container(t.train_perturbations)}}
     env = make_env(train_cfg)
