@@ -21,24 +21,7 @@ from datasets.store import EpisodeStore
 from envs import env_config_dict, make_env
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
-from rl.networks import MLPActorCritic, MLPPolicyConfig
-from teacher.ppo_teacher import load_teacher
-
-
-class PolicyTeacher:
-    """A trained PPO teacher acting with its mean action (the injected failures supply the variety)."""
-
-    def __init__(self, ckpt: dict):
-        self.policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
-        self.policy.load_state_dict(ckpt["model"])
-        self.policy.eval()
-
-    @torch.no_grad()
-    def act(self, obs):
-        return self.policy.act_inference(obs)[0]
-
-    def reset(self, done):
-        pass
+from teacher.ppo_teacher import PolicyTeacher, load_teacher
 
 
 def code_version() -> str:

@@ -67,6 +67,23 @@ class ExpertStateResets:
         return True
 
 
+class PolicyTeacher:
+    """A trained PPO teacher acting with its mean action (the injected failures supply the variety)."""
+
+    def __init__(self, ckpt: dict | None = None, policy: MLPActorCritic | None = None):
+        if policy is None:
+            policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
+            policy.load_state_dict(ckpt["model"])
+        self.policy = policy.eval()
+
+    @torch.no_grad()
+    def act(self, obs):
+        return self.policy.act_inference(obs)[0]
+
+    def reset(self, done):
+        pass
+
+
 def load_teacher(path, env_name: str) -> dict:
     """Load a teacher checkpoint (weights only) and check it was made for ``env_name``."""
     try:

@@ -21,8 +21,8 @@ from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
-from teacher.ppo_teacher import (ExpertStateResets, behaviour_clone, build_policy, expert_pairs, expert_state_pool,
-                                 load_teacher)
+from teacher.ppo_teacher import (ExpertStateResets, PolicyTeacher, behaviour_clone, build_policy, expert_pairs,
+                                 expert_state_pool, load_teacher)
 
 
 def run(cfg) -> dict:
@@ -110,13 +110,8 @@ def evaluate_ppo_teacher(cfg, policy, env_cfg: dict) -> dict:
     """Deterministic (mean) actions on the env as configured, without the training perturbations."""
     n = int(cfg.teacher.eval_episodes)
     env = make_env({**env_cfg, "num_envs": min(n, 64)})
-    policy.eval()
-
-    @torch.no_grad()
-    def act(obs):
-        return policy.act_inference(obs)[0]
-
-    result = evaluate(env, act, lambda done: None, n, seed=int(cfg.seed) + 7919)
+    teacher = PolicyTeacher(policy=policy)
+    result = evaluate(env, teacher.act, teacher.reset, n, seed=int(cfg.seed) + 7919)
     env.close()
     result.update(policy_device="cpu", sim_device="cpu", env=env.cfg.name, teacher="ppo")
     return result

@@ -20,7 +20,7 @@ import torch
 
 from envs import rng
 from envs.base import ObsSpec
-from envs.mujoco import scene
+from envs.mujoco import scene, step_logic
 from envs.mujoco.config import TaskConfig
 from envs.mujoco.observations import ObservationManager
 from envs.mujoco.tasks import make_task
@@ -269,9 +269,8 @@ class MujocoVecEnv:
 
     # ------------------------------------------------------------------ step
     def step(self, action: torch.Tensor):
-        from envs.mujoco.step_logic import step  # the per-step task logic lives in its own file
-
-        return step(self, action)
+        """See envs/base.py; the per-step task logic reads top to bottom in step_logic.py."""
+        return step_logic.step(self, action)
 
     # ------------------------------------------------------------------ full state
     @property
