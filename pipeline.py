@@ -46,6 +46,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"bc.model={cfg.bc.model!r}; choose transformer or mlp")
     if cfg.finetune.critic not in ("shared", "privileged"):
         raise ConfigError(f"finetune.critic={cfg.finetune.critic!r}; choose shared or privileged")
+    if cfg.collect.workers != 1:
+        raise ConfigError(f"collect.workers={cfg.collect.workers}: sharded parallel collection is not implemented "
+                          f"yet; use collect.workers=1 (the env already steps its scenes on every core)")
+    if cfg.teacher.kind not in ("ppo", "scripted"):
+        raise ConfigError(f"teacher.kind={cfg.teacher.kind!r}; choose teacher=ppo or teacher=scripted")
     if cfg.finetune.advantage not in ("gae", "group"):
         raise ConfigError(f"finetune.advantage={cfg.finetune.advantage!r}; choose gae or group")
 
