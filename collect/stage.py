@@ -79,6 +79,10 @@ def run(cfg) -> dict:
 
         summary = collect(env, teacher, store, target, int(cfg.seed), filters, progress)
     env.close()
+    from datasets.plots import make_plots
+
+    plots = make_plots(EpisodeStore.open(out), run_dir(cfg) / "plots" / "dataset")
+    print(f"[collect] dataset plots in {plots[0].parent}; inspect with: python -m datasets.inspect {out}")
     print(f"[collect] {summary['episodes']} episodes, {summary['steps']} steps in {out}; "
           f"with retries {summary['with_retry_share']:.0%}; rejected {summary['rejected']}")
     return {"dataset": str(out), **summary}

@@ -97,6 +97,10 @@ def _run_ppo(cfg) -> dict:
     last = runner.learn(checkpoint_path=Path(path))
     logger.close()
     env.close()
+    from rl.plot import load, plot
+
+    plots = plot(load(run_dir(cfg) / "metrics.jsonl", "teacher"), run_dir(cfg) / "plots", "teacher")
+    print(f"[teacher] training curves: {', '.join(str(p) for p in plots)}")
     result = evaluate_ppo_teacher(cfg, policy, env_cfg)
     ckpt = torch.load(path, weights_only=True)
     ckpt["eval"] = result
