@@ -53,4 +53,5 @@ def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
     summary = json.loads((run / "pipeline_summary.json").read_text())
     assert summary["teacher"]["episodes"] == 4
     assert summary["collect"]["episodes"] == 4 and (run / "dataset.zarr").exists()  # collect read teacher.pt
+    assert (run / "plots" / "dataset" / "episodes.png").stat().st_size > 5_000
     assert summary["bc"].startswith("to come")
