@@ -12,10 +12,10 @@ Layout (schema 1; diffusion_policy's convention of concatenated steps plus episo
     attrs: schema_version, env, env_cfg, obs_spec, teacher, teacher_sha256, code_version, seed, created_at
 
 Commit protocol. Each finished episode is first written to a journal file
-(``journal/ep-<index>.npz``, plain arrays, no pickle; temp file then rename), which costs about a
-millisecond. Every ``flush_every`` (default 128) episodes the journal is folded into the zarr arrays in one append
-per array, then ``meta/episode_ends`` grows (the commit), then the folded journal files are
-deleted. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")`` truncates arrays
+(``journal/ep-<index>.jnl``: .npy records back to back, no pickle; temp file then rename), which
+costs under a millisecond. Every ``flush_every`` (default 128) episodes the journal is folded into
+the zarr arrays in one append per array, then ``meta/episode_ends`` grows (the commit), then the
+folded journal files are deleted. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")`` truncates arrays
 beyond the last commit, removes ``*.partial`` files, and folds the surviving journal in: only the
 episode in flight is lost. (Appending every episode straight to ~50 zarr arrays cost 170-240 ms per
 episode, several times the collection itself.)
@@ -138,14 +138,21 @@ class EpisodeStore:
         return self._cache[prefix]
 
     # ------------------------------------------------------------------ write
-    def _write_journal(self, name: str, arrays: dict[str, np.ndarray]) -> Path:
+    def _write_journal(self, name: str, arrays: list[np.ndarray]) -> Path:
+        """A journal file is a few .npy records back to back (no zip, no pickle): ~0.3 ms an episode."""
         self._journal.mkdir(exist_ok=True)
         path = self._journal / name
         tmp = path.with_name(path.name + ".partial")
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            for array in arrays:
+                np.save(fh, array, allow_pickle=False)
         tmp.replace(path)
         return path
+
+    @staticmethod
+    def _read_journal(path: Path, count: int) -> list[np.ndarray]:
+        with open(path, "rb") as fh:
+            return [np.load(fh, allow_pickle=False) for _ in range(count)]
 
     def append_episode(self, data: dict[str, np.ndarray], meta: dict) -> None:
         """Journal one episode now (durable); fold it into the arrays at the next flush."""
@@ -157,7 +164,7 @@ class EpisodeStore:
             clean[name] = np.asarray(data[name], dtype=arr.dtype)
         meta = {name: np.asarray(meta[name], dtype=arr.dtype) for name, arr in self._arrays("meta/episode")}
         index = self.committed_episodes + len(self._pending)
-        path = self._write_journal(f"ep-{index:09d}.npz", self._pack(clean, meta))
+        path = self._write_journal(f"ep-{index:09d}.jnl", self._pack(clean, meta))
         self._pending.append((path, clean, meta))
         if len(self._pending) >= self.flush_every:
             self.flush()
@@ -166,33 +173,38 @@ class EpisodeStore:
         values = {name: np.asarray(REJECT_REASONS.index(record[name]) if name == "reason" else record[name],
                                    dtype=arr.dtype) for name, arr in self._arrays("meta/rejected")}
         index = self.committed_rejected + len(self._pending_rejected)
-        path = self._write_journal(f"rej-{index:09d}.npz", {f"r:{k}": v for k, v in values.items()})
+        path = self._write_journal(f"rej-{index:09d}.jnl", [self._record(values, "meta/rejected")])
         self._pending_rejected.append((path, values))
 
-    def _pack(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Few journal entries: a zip member costs ~0.1 ms, so the float32 arrays share one matrix and
-        the meta fields one record."""
-        floats = [n for n, a in self._arrays("data") if a.dtype == np.float32]
-        T = len(data["action"])
-        packed = {"f32": np.concatenate([data[n].reshape(T, -1) for n in floats], axis=1)}
-        packed.update({f"d:{n}": data[n] for n, a in self._arrays("data") if a.dtype != np.float32})
-        record = np.zeros((), dtype=[(n, a.dtype) for n, a in self._arrays("meta/episode")])
+    def _record(self, values: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+        record = np.zeros((), dtype=[(n, a.dtype) for n, a in self._arrays(prefix)])
         for name in record.dtype.names:
-            record[name] = meta[name]
-        packed["meta"] = record
-        return packed
+            record[name] = values[name]
+        return record
 
-    def _unpack(self, packed: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    def _journal_layout(self) -> tuple[list[str], list[str]]:
+        """Data arrays that share the float32 matrix, and the others, in a fixed order."""
+        arrays = self._arrays("data")
+        return [n for n, a in arrays if a.dtype == np.float32], [n for n, a in arrays if a.dtype != np.float32]
+
+    def _pack(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Few records: the float32 arrays share one matrix, the meta fields one record."""
+        floats, others = self._journal_layout()
+        T = len(data["action"])
+        return ([np.concatenate([data[n].reshape(T, -1) for n in floats], axis=1)] + [data[n] for n in others]
+                + [self._record(meta, "meta/episode")])
+
+    def _unpack(self, packed: list[np.ndarray]) -> tuple[dict, dict]:
+        floats, others = self._journal_layout()
+        matrix, rest, record = packed[0], packed[1:-1], packed[-1]
         data, col = {}, 0
-        floats = packed["f32"]
-        for name, arr in self._arrays("data"):
-            if arr.dtype == np.float32:
-                width = int(np.prod(arr.shape[1:], dtype=int))
-                data[name] = floats[:, col: col + width].reshape(len(floats), *arr.shape[1:])
-                col += width
-            else:
-                data[name] = packed[f"d:{name}"]
-        record = packed["meta"]
+        shapes = dict(self._arrays("data"))
+        for name in floats:
+            tail = shapes[name].shape[1:]
+            width = int(np.prod(tail, dtype=int))
+            data[name] = matrix[:, col: col + width].reshape(len(matrix), *tail)
+            col += width
+        data.update(dict(zip(others, rest)))
         return data, {name: np.asarray(record[name]) for name in record.dtype.names}
 
     def flush(self) -> None:
@@ -220,18 +232,18 @@ class EpisodeStore:
         """Fold in what a killed writer journaled but did not commit; drop what it already committed."""
         if not self._journal.exists():
             return
-        for path in sorted(self._journal.glob("*.npz")):
+        n_episode_records = 2 + len(self._journal_layout()[1])
+        for path in sorted(self._journal.glob("*.jnl")):
             kind, index = path.stem.split("-")
             committed = self.committed_episodes if kind == "ep" else self.committed_rejected
             if int(index) < committed:
                 path.unlink()
                 continue
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
             if kind == "ep":
-                self._pending.append((path, *self._unpack(arrays)))
+                self._pending.append((path, *self._unpack(self._read_journal(path, n_episode_records))))
             else:
-                self._pending_rejected.append((path, {k[2:]: v for k, v in arrays.items()}))
+                record = self._read_journal(path, 1)[0]
+                self._pending_rejected.append((path, {n: np.asarray(record[n]) for n in record.dtype.names}))
         self.flush()
 
     # ------------------------------------------------------------------ read
