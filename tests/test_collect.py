@@ -244,3 +244,24 @@ def test_inspect_plots_and_video(lift_store, tmp_path):
     info = json.loads(r.stdout)
     length = int(EpisodeStore.open(lift_store).episode_meta()["length"][1])
     assert info["video"]["frames"] == length and (tmp_path / "ep1.gif").stat().st_size > 10_000
+
+
+def test_other_schema_version_and_teacher_for_another_env_are_refused(lift_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(lift_store, old)
+    zarr.open_group(str(old), mode="r+").attrs["schema_version"] = 99
+    r = subprocess.run([sys.executable, "-m", "datasets.inspect", str(old)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "schema version 99" in r.stderr
+
+    run = tmp_path / "run"
+    made = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "stage=teacher", "teacher=scripted", "env=stack",
+                           "teacher.eval_episodes=2", "env.num_envs=2", "logger.mode=disabled", f"run_dir={run}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    r = run_collect(run, "collect.num_episodes=2", "env=lift")
+    assert r.returncode == 2 and "made for Stack-v1" in r.stderr
+    assert not (run / "dataset.zarr").exists()  # nothing written
