@@ -46,9 +46,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"bc.model={cfg.bc.model!r}; choose transformer or mlp")
     if cfg.finetune.critic not in ("shared", "privileged"):
         raise ConfigError(f"finetune.critic={cfg.finetune.critic!r}; choose shared or privileged")
-    if cfg.collect.workers != 1:
-        raise ConfigError(f"collect.workers={cfg.collect.workers}: sharded parallel collection is not implemented "
-                          f"yet; use collect.workers=1 (the env already steps its scenes on every core)")
+    if not isinstance(cfg.collect.workers, int) or cfg.collect.workers < 1:
+        raise ConfigError(f"collect.workers={cfg.collect.workers!r} must be a positive integer")
+    if cfg.collect.workers > 1 and cfg.collect.retry_share_target is not None:
+        raise ConfigError("collect.retry_share_target needs collect.workers=1 (the quota is decided in episode "
+                          "order, which parallel workers do not share)")
     if cfg.teacher.kind not in ("ppo", "scripted"):
         raise ConfigError(f"teacher.kind={cfg.teacher.kind!r}; choose teacher=ppo or teacher=scripted")
     if cfg.finetune.advantage not in ("gae", "group"):

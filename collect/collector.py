@@ -125,22 +125,30 @@ def _kept_counts(store: EpisodeStore) -> tuple[int, int]:
 
 
 def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, filters: FilterConfig,
-            progress=None) -> dict:
-    """Collect until ``store`` holds ``num_episodes`` kept episodes; resumes where it stopped."""
+            progress=None, plan=None) -> dict:
+    """Collect until ``store`` holds ``num_episodes`` kept episodes; resumes where it stopped.
+
+    With a ``plan`` (parallel workers, see collect/parallel.py) this process plays only the plan's
+    rounds, always to their end, and stops when the plan says the rounds before are enough; the
+    merge then cuts the union at ``num_episodes`` in the single-worker order."""
     meta, rejected = store.episode_meta(), store.rejected()
     committed = set(zip(meta["round"].tolist(), meta["slot"].tolist())) | \
         set(zip(rejected["round"].tolist(), rejected["slot"].tolist()))
-    round_index = max([r for r, _ in committed], default=0)
+    round_index = max([r for r, _ in committed], default=plan.first if plan else 0)
+    kept_by_round: dict[int, int] = {}
+    for r in meta["round"].tolist():
+        kept_by_round[r] = kept_by_round.get(r, 0) + 1
     kept_retry, kept_plain = _kept_counts(store)
     quota_retry = None if filters.retry_share_target is None else int(np.ceil(filters.retry_share_target * num_episodes))
+    limit = num_episodes if plan is None else float("inf")
     N = env.num_envs
-    while store.num_episodes < num_episodes:
+    while (store.num_episodes < num_episodes) if plan is None else not plan.should_stop(round_index):
         obs = env.reset(seed=round_seed(seed, round_index))
         teacher.reset(torch.ones(N, dtype=torch.bool))
         buffers = [EpisodeBuffer(env) for _ in range(N)]
         playing = np.array([(round_index, i) not in committed for i in range(N)])
         counters = np.zeros((N, 3), int)
-        while playing.any() and store.num_episodes < num_episodes:
+        while playing.any() and store.num_episodes < limit:
             action = teacher.act(obs)
             states = env.get_state().numpy()
             next_obs, reward, done, extras = env.step(action)
@@ -151,7 +159,7 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
                 counters[i] += pert[i]
             finished = np.nonzero(done.numpy() & playing)[0]
             for i in finished:  # env order within a step: deterministic, so resume reproduces it
-                if store.num_episodes >= num_episodes:
+                if store.num_episodes >= limit:
                     break
                 ep = extras["episode"]
                 attempts = int(ep["attempts"][i])
@@ -172,6 +180,7 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
                                                   "retry_yaw_change": yaw_change})
                     kept_retry += attempts > 1
                     kept_plain += attempts <= 1
+                    kept_by_round[round_index] = kept_by_round.get(round_index, 0) + 1
                 else:
                     store.append_rejected({**record, "reason": reason})
                 committed.add((round_index, int(i)))
@@ -180,7 +189,10 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
                     progress(store)
             teacher.reset(done)
             obs = next_obs
-        round_index += 1
+        if plan is not None:
+            store.flush()  # the round's episodes are committed before the round is announced as done
+            plan.round_done(round_index, kept_by_round.get(round_index, 0))
+        round_index += plan.step if plan else 1
     store.flush()
     return summarize(store)
 

@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
+from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256, summarize
+from collect.parallel import collect_parallel
 from common.rundir import run_dir
 from datasets.store import EpisodeStore
 from envs import env_config_dict, make_env
@@ -35,9 +36,6 @@ def code_version() -> str:
 
 def run(cfg) -> dict:
     c = cfg.collect
-    if int(c.workers) != 1:
-        raise ConfigError(f"collect.workers={c.workers}: sharded parallel collection is not implemented yet; "
-                          f"use collect.workers=1 (the env already steps its scenes on every core)")
     env_cfg = env_config_dict(cfg.env)
     collect_env_cfg = {**env_cfg, "num_envs": int(c.num_envs),
                        "perturbations": {**env_cfg["perturbations"], **OmegaConf.to_container(c.perturbations)}}
@@ -58,6 +56,20 @@ def run(cfg) -> dict:
              "teacher": teacher_kind, "teacher_sha256": teacher_sha, "code_version": code_version(),
              "seed": int(cfg.seed), "collect_cfg": OmegaConf.to_container(c, resolve=True),
              "action_bounds": [-1.0, 1.0]}
+    filters = FilterConfig(max_attempts=int(c.max_attempts),
+                           retry_share_target=None if c.retry_share_target is None else float(c.retry_share_target))
+    target = int(c.num_episodes)
+    if int(c.workers) > 1:
+        if out.exists():
+            raise ConfigError(f"{out} already exists; parallel collection (collect.workers > 1) writes a new store: "
+                              f"choose another collect.out, or resume this one with collect.workers=1")
+        job = {"env_cfg": collect_env_cfg, "teacher_ckpt": str(ckpt_path) if teacher_kind != "scripted" else "",
+               "attrs": attrs, "target": target, "seed": int(cfg.seed), "flush_every": int(c.flush_every),
+               "filters": {"max_attempts": filters.max_attempts, "retry_share_target": None}}
+        print(f"[collect] {c.workers} workers, shards in {out}.shards/")
+        store = collect_parallel(out, int(c.workers), job, data_layout(env), EPISODE_LAYOUT)
+        env.close()
+        return _finish(cfg, out, summarize(store))
     if out.exists():
         store = EpisodeStore.open(out, mode="a", flush_every=int(c.flush_every))
         if store.attrs.get("env_cfg") != collect_env_cfg or store.attrs.get("seed") != int(cfg.seed):
@@ -66,9 +78,6 @@ def run(cfg) -> dict:
         print(f"[collect] resuming {out}: {store.num_episodes} episodes already committed")
     else:
         store = EpisodeStore.create(out, attrs, data_layout(env), EPISODE_LAYOUT, flush_every=int(c.flush_every))
-    filters = FilterConfig(max_attempts=int(c.max_attempts),
-                           retry_share_target=None if c.retry_share_target is None else float(c.retry_share_target))
-    target = int(c.num_episodes)
     columns = [TextColumn("[bold]collect[/] {task.completed}/{task.total} kept"), BarColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
     with Progress(*columns) as bar:
@@ -79,6 +88,10 @@ def run(cfg) -> dict:
 
         summary = collect(env, teacher, store, target, int(cfg.seed), filters, progress)
     env.close()
+    return _finish(cfg, out, summary)
+
+
+def _finish(cfg, out: Path, summary: dict) -> dict:
     from datasets.plots import make_plots
 
     plots = make_plots(EpisodeStore.open(out), run_dir(cfg) / "plots" / "dataset")

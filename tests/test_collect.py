@@ -265,3 +265,17 @@ def test_other_schema_version_and_teacher_for_another_env_are_refused(lift_store
     r = run_collect(run, "collect.num_episodes=2", "env=lift")
     assert r.returncode == 2 and "made for Stack-v1" in r.stderr
     assert not (run / "dataset.zarr").exists()  # nothing written
+
+
+def test_two_workers_merge_into_the_single_worker_store(lift_store, tmp_path):
+    r = run_collect(tmp_path / "par", "collect.num_episodes=16", "collect.workers=2")
+    assert r.returncode == 0, r.stderr
+    merged = tmp_path / "par" / "dataset.zarr"
+    assert not (tmp_path / "par" / "dataset.zarr.shards").exists()  # shards removed after the merge
+    a, b = all_arrays(lift_store), all_arrays(merged)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    ra, rb = EpisodeStore.open(lift_store).rejected(), EpisodeStore.open(merged).rejected()
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k]), k

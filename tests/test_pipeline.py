@@ -17,7 +17,8 @@ def pipeline(*args, cwd=ROOT):
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
     for args, expected in [(["stage=fly"], "stage='fly'"), (["env=mars"], "env must be one of"),
                            (["env.num_envs=0"], "env.num_envs"), (["nonsense=1"], "nonsense"),
-                           (["env.cube.static_prob=1.5"], "static_prob"), (["collect.workers=4"], "workers"),
+                           (["env.cube.static_prob=1.5"], "static_prob"), (["collect.workers=0"], "workers"),
+                           (["collect.workers=2", "collect.retry_share_target=0.5"], "retry_share_target"),
                            (["teacher=genius"], "teacher must be one of")]:
         r = pipeline(*args, f"run_dir={tmp_path / 'x'}", "logger.mode=disabled")
         assert r.returncode == 2, (args, r.stderr)
