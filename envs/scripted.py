@@ -85,8 +85,7 @@ class ScriptedExpert:
         grasp_yaw = np.where(np.abs(_wrap(grasp_yaw - yaw)) > np.pi / 2, _wrap(grasp_yaw + np.pi), grasp_yaw)
         grasp_z = cube[:, 2] - np.minimum(0.004 * tries, 0.008)
 
-        goal = np.concatenate([grip, yaw[:, None]], 1).copy()
-        close = np.zeros(N, bool)
+        goal = np.concatenate([grip, yaw[:, None]], 1)
         p = self.phase
         if self.task == "stack":
             n_placed = on_tower.sum(1)
@@ -95,10 +94,7 @@ class ScriptedExpert:
             slot = np.zeros((N, 3))
 
         def at(xyz, tol):
-            return np.linalg.norm(goal_xyz_err(xyz), axis=1) < tol
-
-        def goal_xyz_err(xyz):
-            return xyz - grip
+            return np.linalg.norm(xyz - grip, axis=1) < tol
 
         above = cube.copy()
         above[:, 2] = cube[:, 2] + CLEARANCE

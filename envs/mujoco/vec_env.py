@@ -259,7 +259,7 @@ class MujocoVecEnv:
             self.base_seed = int(seed)
             self.st["episode_index"][:] = 0
         self.reset_envs(np.arange(self.num_envs))
-        return self._to_torch(self.obs_manager.compute(self._frame()))
+        return self.get_observations()
 
     def get_observations(self) -> dict[str, torch.Tensor]:
         return self._to_torch(self.obs_manager.compute(self._frame()))
