@@ -11,31 +11,38 @@ Layout (schema 1; diffusion_policy's convention of concatenated steps plus episo
     meta/rejected/<field>              (R,)             filtered episodes: reason code, seed, round, slot
     attrs: schema_version, env, env_cfg, obs_spec, teacher, teacher_sha256, code_version, seed, created_at
 
-Commit protocol. Each finished episode is first written to a journal file
-(``journal/ep-<index>.jnl``: .npy records back to back, no pickle; temp file then rename), which
-costs under a millisecond. Every ``flush_every`` (default 128) episodes the journal is folded into
-the zarr arrays in one append per array, then ``meta/episode_ends`` grows (the commit), then the
-folded journal files are deleted. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")`` truncates arrays
-beyond the last commit, removes ``*.partial`` files, and folds the surviving journal in: only the
-episode in flight is lost. (Appending every episode straight to ~50 zarr arrays cost 170-240 ms per
-episode, several times the collection itself.)
+Commit protocol. Each finished episode is first appended to a journal (``journal/w<E>-<R>.jnl``,
+checksummed .npy records, see datasets/journal.py), which costs a write call. Every ``flush_every``
+(default 512) episodes (or ``FOLD_MAX_STEPS`` steps) the window is folded into the zarr arrays in a background thread, one append
+per array, then ``meta/episode_ends`` grows (the commit), then the window's journal is deleted;
+collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")``
+truncates arrays beyond the last commit, removes ``*.partial`` files, and folds the complete records
+of the surviving journals in: only the episode in flight is lost. (Appending every episode straight
+to ~50 zarr arrays cost 170-240 ms per episode, several times the collection itself.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync as zarr_sync
 
+from datasets.journal import JournalWriter, read_journal
 from envs.base import ConfigError
 
 SCHEMA_VERSION = 1
 TIME_CHUNK = 4096
+# A fold rewrites the last, partly filled chunk of ~50 arrays, so its cost is mostly fixed: folding
+# 512 Lift episodes at once costs a third of four folds of 128 (measured). The step cap bounds the
+# memory of a window of long episodes.
+FOLD_MAX_STEPS = 8 * TIME_CHUNK
 META_CHUNK = 1024
+EPISODE, REJECTED = 0, 1  # journal record kinds
 REJECT_REASONS = ("never_succeeded", "object_lost", "sim_unstable", "no_contact", "too_many_attempts", "mix_quota")
 
 
@@ -60,18 +67,23 @@ def obs_key(entity: str, term: str) -> str:
 class EpisodeStore:
     """Append-only episode store; also the reader (``episode(i)``, ``array(name)``)."""
 
-    def __init__(self, root: zarr.Group, path: Path, flush_every: int = 128):
+    def __init__(self, root: zarr.Group, path: Path, flush_every: int = 512):
         self.root, self.path = root, path
         self.flush_every = flush_every
         self._cache: dict[str, list[tuple[str, zarr.Array]]] = {}
         self._journal = path / "journal"
-        self._pending: list[tuple[Path, dict, dict]] = []  # journaled episodes not yet folded in
-        self._pending_rejected: list[tuple[Path, dict]] = []
+        self._journal_writer: JournalWriter | None = None
+        self._window_episodes: list[tuple[dict, dict]] = []  # journaled, not yet handed to a fold
+        self._window_rejected: list[dict] = []
+        self._window_steps = 0
+        self._handed: list[int] | None = None
+        self._folder: ThreadPoolExecutor | None = None
+        self._fold_future: Future | None = None
 
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path, attrs: dict, data_layout: dict[str, tuple[tuple, str]],
-               episode_layout: dict[str, str], flush_every: int = 128) -> "EpisodeStore":
+               episode_layout: dict[str, str], flush_every: int = 512) -> "EpisodeStore":
         """New store. ``data_layout``: name -> (trailing shape, dtype) of per-step arrays (names may
         contain '/'); ``episode_layout``: per-episode field -> dtype."""
         path = Path(path)
@@ -90,7 +102,7 @@ class EpisodeStore:
         return cls(root, path, flush_every)
 
     @classmethod
-    def open(cls, path, mode: str = "r", flush_every: int = 128) -> "EpisodeStore":
+    def open(cls, path, mode: str = "r", flush_every: int = 512) -> "EpisodeStore":
         """Open an existing store; ``mode="a"`` also repairs an interrupted write. Bad input -> ConfigError."""
         path = Path(path)
         if not path.exists():
@@ -113,7 +125,7 @@ class EpisodeStore:
 
     def _repair(self) -> None:
         """Drop whatever a killed writer left beyond the last committed episode."""
-        for partial in self.path.rglob("*.partial"):  # zarr's and the journal's unfinished files
+        for partial in self.path.rglob("*.partial"):  # unfinished files a killed writer left
             partial.unlink()
         ends = self.root["meta/episode_ends"]
         n_eps = ends.shape[0]
@@ -138,24 +150,8 @@ class EpisodeStore:
         return self._cache[prefix]
 
     # ------------------------------------------------------------------ write
-    def _write_journal(self, name: str, arrays: list[np.ndarray]) -> Path:
-        """A journal file is a few .npy records back to back (no zip, no pickle): ~0.3 ms an episode."""
-        self._journal.mkdir(exist_ok=True)
-        path = self._journal / name
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as fh:
-            for array in arrays:
-                np.save(fh, array, allow_pickle=False)
-        tmp.replace(path)
-        return path
-
-    @staticmethod
-    def _read_journal(path: Path, count: int) -> list[np.ndarray]:
-        with open(path, "rb") as fh:
-            return [np.load(fh, allow_pickle=False) for _ in range(count)]
-
     def append_episode(self, data: dict[str, np.ndarray], meta: dict) -> None:
-        """Journal one episode now (durable); fold it into the arrays at the next flush."""
+        """Journal one episode now (durable); fold it into the arrays at the next fold."""
         length = len(data["action"])
         clean = {}
         for name, arr in self._arrays("data"):
@@ -163,18 +159,59 @@ class EpisodeStore:
                 raise ValueError(f"data/{name} has {len(data[name])} steps, the episode has {length}")
             clean[name] = np.asarray(data[name], dtype=arr.dtype)
         meta = {name: np.asarray(meta[name], dtype=arr.dtype) for name, arr in self._arrays("meta/episode")}
-        index = self.committed_episodes + len(self._pending)
-        path = self._write_journal(f"ep-{index:09d}.jnl", self._pack(clean, meta))
-        self._pending.append((path, clean, meta))
-        if len(self._pending) >= self.flush_every:
-            self.flush()
+        self._writer().write(EPISODE, self._pack(clean, meta))
+        self._window_episodes.append((clean, meta))
+        self._window_steps += length
+        if len(self._window_episodes) >= self.flush_every or self._window_steps >= FOLD_MAX_STEPS:
+            self._start_fold()
 
     def append_rejected(self, record: dict) -> None:
         values = {name: np.asarray(REJECT_REASONS.index(record[name]) if name == "reason" else record[name],
                                    dtype=arr.dtype) for name, arr in self._arrays("meta/rejected")}
-        index = self.committed_rejected + len(self._pending_rejected)
-        path = self._write_journal(f"rej-{index:09d}.jnl", [self._record(values, "meta/rejected")])
-        self._pending_rejected.append((path, values))
+        self._writer().write(REJECTED, [self._record(values, "meta/rejected")])
+        self._window_rejected.append(values)
+
+    def flush(self) -> None:
+        """Fold everything journaled into the arrays and wait for the commit."""
+        self._start_fold()
+        self._wait_fold()
+
+    def _writer(self) -> JournalWriter:
+        """The journal of the current window, named by the indices of its first records."""
+        if self._journal_writer is None:
+            episodes, rejected = self._handed_over()
+            self._journal_writer = JournalWriter(self._journal / f"w{episodes:09d}-{rejected:09d}.jnl")
+        return self._journal_writer
+
+    def _handed_over(self) -> list[int]:
+        """Episodes and rejections committed or being folded (counted here: a fold in flight
+        changes the arrays' shapes from another thread)."""
+        if self._handed is None:
+            self._handed = [self.committed_episodes, self.committed_rejected]
+        return self._handed
+
+    def _start_fold(self) -> None:
+        """Fold the window in a background thread: collection goes on while zarr compresses and
+        writes. One fold at a time, so commits stay in order."""
+        if not (self._window_episodes or self._window_rejected):
+            return
+        self._wait_fold()
+        handed = self._handed_over()
+        handed[0] += len(self._window_episodes)
+        handed[1] += len(self._window_rejected)
+        self._journal_writer.close()
+        batch = ([self._journal_writer.path], self._window_episodes, self._window_rejected)
+        self._journal_writer, self._window_episodes, self._window_rejected = None, [], []
+        self._window_steps = 0
+        self._ends(), self._arrays("meta/rejected")  # fill the caches here, not from the fold's thread
+        if self._folder is None:
+            self._folder = ThreadPoolExecutor(1, thread_name_prefix="zarr-fold")
+        self._fold_future = self._folder.submit(self._fold, *batch)
+
+    def _wait_fold(self) -> None:
+        if self._fold_future is not None:
+            future, self._fold_future = self._fold_future, None
+            future.result()  # a failed fold raises here, in the collecting thread
 
     def _record(self, values: dict[str, np.ndarray], prefix: str) -> np.ndarray:
         record = np.zeros((), dtype=[(n, a.dtype) for n, a in self._arrays(prefix)])
@@ -184,8 +221,11 @@ class EpisodeStore:
 
     def _journal_layout(self) -> tuple[list[str], list[str]]:
         """Data arrays that share the float32 matrix, and the others, in a fixed order."""
-        arrays = self._arrays("data")
-        return [n for n, a in arrays if a.dtype == np.float32], [n for n, a in arrays if a.dtype != np.float32]
+        if "layout" not in self._cache:
+            arrays = self._arrays("data")
+            self._cache["layout"] = ([n for n, a in arrays if a.dtype == np.float32],
+                                     [n for n, a in arrays if a.dtype != np.float32])
+        return self._cache["layout"]
 
     def _pack(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Few records: the float32 arrays share one matrix, the meta fields one record."""
@@ -207,44 +247,39 @@ class EpisodeStore:
         data.update(dict(zip(others, rest)))
         return data, {name: np.asarray(record[name]) for name in record.dtype.names}
 
-    def flush(self) -> None:
-        """Fold journaled episodes into the arrays: one append per array, then the commit."""
-        if self._pending:
-            appends = [(arr, np.concatenate([p[1][name] for p in self._pending]))
-                       for name, arr in self._arrays("data")]
-            appends += [(arr, np.stack([p[2][name] for p in self._pending])) for name, arr in self._arrays("meta/episode")]
+    def _fold(self, journals: list[Path], episodes: list[tuple[dict, dict]], rejected: list[dict]) -> None:
+        """One append per array, then the commit (``episode_ends``), then the journals go."""
+        if episodes:
+            appends = [(arr, np.concatenate([data[name] for data, _ in episodes])) for name, arr in self._arrays("data")]
+            appends += [(arr, np.stack([meta[name] for _, meta in episodes])) for name, arr in self._arrays("meta/episode")]
             _append_concurrently(appends)
             ends = self._ends()
             last = int(ends[ends.shape[0] - 1]) if ends.shape[0] else 0
-            lengths = np.array([len(p[1]["action"]) for p in self._pending], dtype=np.int64)
+            lengths = np.array([len(data["action"]) for data, _ in episodes], dtype=np.int64)
             ends.append(last + np.cumsum(lengths))  # the commit, after every array above
-            for path, _, _ in self._pending:
-                path.unlink(missing_ok=True)
-            self._pending.clear()
-        if self._pending_rejected:
-            _append_concurrently([(arr, np.stack([p[1][name] for p in self._pending_rejected]))
+        if rejected:
+            _append_concurrently([(arr, np.stack([values[name] for values in rejected]))
                                   for name, arr in self._arrays("meta/rejected")])
-            for path, _ in self._pending_rejected:
-                path.unlink(missing_ok=True)
-            self._pending_rejected.clear()
+        for path in journals:
+            path.unlink(missing_ok=True)
 
     def _replay_journal(self) -> None:
         """Fold in what a killed writer journaled but did not commit; drop what it already committed."""
-        if not self._journal.exists():
+        journals = sorted(self._journal.glob("w*-*.jnl")) if self._journal.exists() else []
+        if not journals:
             return
-        n_episode_records = 2 + len(self._journal_layout()[1])
-        for path in sorted(self._journal.glob("*.jnl")):
-            kind, index = path.stem.split("-")
-            committed = self.committed_episodes if kind == "ep" else self.committed_rejected
-            if int(index) < committed:
-                path.unlink()
-                continue
-            if kind == "ep":
-                self._pending.append((path, *self._unpack(self._read_journal(path, n_episode_records))))
-            else:
-                record = self._read_journal(path, 1)[0]
-                self._pending_rejected.append((path, {n: np.asarray(record[n]) for n in record.dtype.names}))
-        self.flush()
+        committed = (self.committed_episodes, self.committed_rejected)
+        episodes, rejected = [], []
+        for path in journals:
+            index = [int(part) for part in path.stem[1:].split("-")]  # first episode, first rejection
+            for kind, arrays in read_journal(path):
+                if index[kind] >= committed[kind]:
+                    if kind == EPISODE:
+                        episodes.append(self._unpack(arrays))
+                    else:
+                        rejected.append({n: np.asarray(arrays[0][n]) for n in arrays[0].dtype.names})
+                index[kind] += 1
+        self._fold(journals, episodes, rejected)
 
     # ------------------------------------------------------------------ read
     @property
@@ -271,12 +306,12 @@ class EpisodeStore:
 
     @property
     def num_rejected(self) -> int:
-        return self.committed_rejected + len(self._pending_rejected)
+        return self._handed_over()[1] + len(self._window_rejected)
 
     @property
     def num_episodes(self) -> int:
         """Episodes this store holds, journaled ones included (a reader sees committed ones only)."""
-        return self.committed_episodes + len(self._pending)
+        return self._handed_over()[0] + len(self._window_episodes)
 
     @property
     def num_steps(self) -> int:

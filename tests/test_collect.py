@@ -279,3 +279,22 @@ def test_two_workers_merge_into_the_single_worker_store(lift_store, tmp_path):
     ra, rb = EpisodeStore.open(lift_store).rejected(), EpisodeStore.open(merged).rejected()
     for k in ra:
         assert np.array_equal(ra[k], rb[k]), k
+
+
+def test_a_torn_journal_record_is_dropped_and_the_complete_ones_are_folded_in(tmp_path):
+    layout = {"action": ((2,), "float32"), "attempt": ((), "int16")}
+    store = EpisodeStore.create(tmp_path / "s.zarr", {"env": "toy"}, layout, {"seed": "uint64"}, flush_every=100)
+    episodes = [{"action": np.full((3 + i, 2), i, np.float32), "attempt": np.arange(3 + i, dtype=np.int16)}
+                for i in range(3)]
+    for i, ep in enumerate(episodes):
+        store.append_episode(ep, {"seed": i})
+    store.append_rejected({"reason": "object_lost", "seed": 9, "round": 0, "slot": 3, "length": 4, "n_attempts": 1})
+    (journal,) = (tmp_path / "s.zarr" / "journal").glob("*.jnl")
+    blob = journal.read_bytes()
+    journal.write_bytes(blob[: len(blob) - 5])  # a kill in the middle of writing the rejection
+    reopened = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    assert reopened.committed_episodes == 3 and reopened.committed_rejected == 0
+    for i, ep in enumerate(episodes):
+        assert np.array_equal(reopened.episode(i)["action"], ep["action"])
+    assert list(reopened.episode_meta()["seed"]) == [0, 1, 2]
+    assert not list((tmp_path / "s.zarr" / "journal").glob("*.jnl"))  # folded, then removed
