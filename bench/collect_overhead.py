@@ -46,11 +46,10 @@ class NullStore:
     def __init__(self):
         self.num_episodes, self.num_steps = 0, 0
         self.attrs = {"reject_reasons": []}
-        self._attempts: list[int] = []
+        self._meta: dict[str, list] = {k: [] for k in EPISODE_LAYOUT}
 
     def episode_meta(self):
-        return {k: np.zeros(0) for k in EPISODE_LAYOUT} | {"n_attempts": np.array(self._attempts, int),
-                                                          "round": np.zeros(0, int), "slot": np.zeros(0, int)}
+        return {k: np.array(v, dtype=EPISODE_LAYOUT[k]) for k, v in self._meta.items()}
 
     def rejected(self):
         return {"round": np.zeros(0, int), "slot": np.zeros(0, int), "reason": np.zeros(0, int)}
@@ -58,7 +57,8 @@ class NullStore:
     def append_episode(self, data, meta):
         self.num_episodes += 1
         self.num_steps += len(data["action"])
-        self._attempts.append(meta["n_attempts"])
+        for k, v in self._meta.items():
+            v.append(meta[k])
 
     def append_rejected(self, record):
         pass
