@@ -71,9 +71,11 @@ class PPO:
         grad_l2: dict[str, float] = {}
         grad_max: dict[str, float] = {}
         n_batches = 0
+        adv_mean, adv_std = storage.advantages.mean(), storage.advantages.std() + 1e-8
+        actor_params = [p for name, p in self.policy.named_parameters() if not name.startswith("critic")]
+        critic_params = [p for name, p in self.policy.named_parameters() if name.startswith("critic")]
         for batch in storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
-            advantages = batch["advantages"]  # (B,)
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,), normalised over the whole rollout
             dist, values = self.policy.evaluate(batch["obs"])
             log_probs = dist.log_prob(batch["actions"]).sum(-1)  # (B,) of the raw actions
             entropy = dist.entropy().sum(-1).mean()
@@ -109,7 +111,10 @@ class PPO:
                 if p.grad is not None:
                     grad_l2[name] = grad_l2.get(name, 0.0) + p.grad.norm().item()
                     grad_max[name] = max(grad_max.get(name, 0.0), p.grad.abs().max().item())
-            total_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            # Actor and critic are clipped separately (as rsl_rl): one global norm let whichever
+            # loss had the larger gradient shrink the other's step.
+            total_norm = (nn.utils.clip_grad_norm_(actor_params, cfg.max_grad_norm)
+                          + nn.utils.clip_grad_norm_(critic_params, cfg.max_grad_norm))
             if not torch.isfinite(total_norm):
                 raise NonFiniteError("non-finite gradient in the PPO update; no checkpoint written")
             self.optimizer.step()
