@@ -13,9 +13,9 @@ Layout (schema 1; diffusion_policy's convention of concatenated steps plus episo
 
 Commit protocol. Each finished episode is first appended to a journal (``journal/w<E>-<R>.jnl``,
 checksummed .npy records, see datasets/journal.py), which costs a write call. Every ``flush_every``
-(default 512) episodes (or ``FOLD_MAX_STEPS`` steps) the window is folded into the zarr arrays in a background thread, one append
-per array, then ``meta/episode_ends`` grows (the commit), then the window's journal is deleted;
-collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")``
+(default 512) episodes or ``FOLD_MAX_STEPS`` steps, a background thread folds the window into the
+zarr arrays, one append per array, then grows ``meta/episode_ends`` (the commit), then deletes the
+window's journal; collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")``
 truncates arrays beyond the last commit, removes ``*.partial`` files, and folds the complete records
 of the surviving journals in: only the episode in flight is lost. (Appending every episode straight
 to ~50 zarr arrays cost 170-240 ms per episode, several times the collection itself.)
