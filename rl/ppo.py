@@ -62,6 +62,9 @@ class PPO:
         self.learning_rate = cfg.learning_rate
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
         self.generator = generator
+        # Clipped apart (see update); the policy interface names the critic's parameters "critic*".
+        self.actor_params = [p for name, p in policy.named_parameters() if not name.startswith("critic")]
+        self.critic_params = [p for name, p in policy.named_parameters() if name.startswith("critic")]
 
     def update(self, storage: RolloutStorage, update_actor: bool = True) -> dict:
         """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
@@ -72,8 +75,6 @@ class PPO:
         grad_max: dict[str, float] = {}
         n_batches = 0
         adv_mean, adv_std = storage.advantages.mean(), storage.advantages.std() + 1e-8
-        actor_params = [p for name, p in self.policy.named_parameters() if not name.startswith("critic")]
-        critic_params = [p for name, p in self.policy.named_parameters() if name.startswith("critic")]
         for batch in storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
             advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,), normalised over the whole rollout
             dist, values = self.policy.evaluate(batch["obs"])
@@ -113,8 +114,9 @@ class PPO:
                     grad_max[name] = max(grad_max.get(name, 0.0), p.grad.abs().max().item())
             # Actor and critic are clipped separately (as rsl_rl): one global norm let whichever
             # loss had the larger gradient shrink the other's step.
-            total_norm = (nn.utils.clip_grad_norm_(actor_params, cfg.max_grad_norm)
-                          + nn.utils.clip_grad_norm_(critic_params, cfg.max_grad_norm))
+            actor_norm = nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
+            critic_norm = nn.utils.clip_grad_norm_(self.critic_params, cfg.max_grad_norm)
+            total_norm = torch.sqrt(actor_norm ** 2 + critic_norm ** 2)  # the logged norm stays the global one
             if not torch.isfinite(total_norm):
                 raise NonFiniteError("non-finite gradient in the PPO update; no checkpoint written")
             self.optimizer.step()
