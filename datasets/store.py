@@ -15,9 +15,9 @@ Commit protocol. Each finished episode is first appended to a journal (``journal
 checksummed .npy records, see datasets/journal.py), which costs a write call. Every ``flush_every``
 (default 512) episodes or ``FOLD_MAX_STEPS`` steps, a background thread folds the window into the
 zarr arrays, one append per array, then grows ``meta/episode_ends`` (the commit), then deletes the
-window's journal; collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill, ``open(mode="a")``
-truncates arrays beyond the last commit, removes ``*.partial`` files, and folds the complete records
-of the surviving journals in: only the episode in flight is lost. (Appending every episode straight
+window's journal; collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill,
+``open(mode="a")`` truncates arrays beyond the last commit, removes ``*.partial`` files, and folds
+the complete records of the surviving journals in: only the episode in flight is lost. (Appending every episode straight
 to ~50 zarr arrays cost 170-240 ms per episode, several times the collection itself.)
 """
 
