@@ -34,9 +34,13 @@ class RunnerConfig:
 
 class OnPolicyRunner:
     def __init__(self, env, policy, ppo_cfg: PPOConfig, cfg: RunnerConfig, logger=None,
-                 on_reset: Callable[[object, torch.Tensor], bool] | None = None, checkpoint_meta: dict | None = None):
+                 on_reset: Callable[[object, torch.Tensor, torch.Tensor], bool] | None = None,
+                 checkpoint_meta: dict | None = None):
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
-        self.on_reset = on_reset  # may set the state of freshly reset envs (e.g. expert states); True if it did
+        # on_reset(env, ids, success): told which episodes just ended and whether they succeeded, it may
+        # set the state of those freshly reset envs (e.g. expert states) and returns True if it did.
+        # Optional methods: stats() -> dict merged into the metrics; state_dict()/load_state_dict() for resume.
+        self.on_reset = on_reset
         self.meta = checkpoint_meta or {}
         self.action_gen = torch.Generator().manual_seed(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -80,7 +84,7 @@ class OnPolicyRunner:
                 ep = extras["episode"]
                 for i in ids.tolist():
                     self.episodes.append((float(ep["return"][i]), float(ep["length"][i]), bool(extras["success"][i])))
-                if self.on_reset is not None and self.on_reset(env, ids):
+                if self.on_reset is not None and self.on_reset(env, ids, extras["success"][ids]):
                     fresh = env.get_observations()
                     next_obs = {k: v.clone() for k, v in next_obs.items()}
                     for k in next_obs:
@@ -140,6 +144,8 @@ class OnPolicyRunner:
              "env_steps_per_s": steps / t_iter, "s_per_iteration": t_iter, "s_per_rollout": t_rollout}
         m.update(rollout_stats)
         m.update(update_stats)
+        if hasattr(self.on_reset, "stats"):
+            m.update(self.on_reset.stats())
         return m
 
     # ------------------------------------------------------------------ checkpoints
@@ -157,7 +163,7 @@ class OnPolicyRunner:
             "batch_gen": self.batch_gen.get_state(),
             "episodes": [list(e) for e in self.episodes],
             "env_state": self.env.get_state(),
-            "on_reset_gen": self.on_reset.gen.get_state() if hasattr(self.on_reset, "gen") else None,
+            "on_reset": self.on_reset.state_dict() if hasattr(self.on_reset, "state_dict") else None,
         }
 
     def save(self, path: Path) -> None:
@@ -174,7 +180,7 @@ class OnPolicyRunner:
         self.action_gen.set_state(ckpt["action_gen"])
         self.batch_gen.set_state(ckpt["batch_gen"])
         self.episodes = deque([tuple(e) for e in ckpt["episodes"]], maxlen=self.cfg.episode_window)
-        if ckpt.get("on_reset_gen") is not None and hasattr(self.on_reset, "gen"):
-            self.on_reset.gen.set_state(ckpt["on_reset_gen"])
+        if ckpt.get("on_reset") is not None and hasattr(self.on_reset, "load_state_dict"):
+            self.on_reset.load_state_dict(ckpt["on_reset"])
         self.env.set_state(torch.arange(self.env.num_envs), ckpt["env_state"])
         self.obs = self.env.get_observations()

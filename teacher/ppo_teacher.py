@@ -5,8 +5,8 @@ on another with the same budget):
 - a warm start: the actor first imitates the scripted expert's raw actions (regression of the
   Gaussian mean; the log-std keeps its initial value), then a fresh critic learns on the frozen
   actor's rollouts for a few iterations before PPO moves the actor;
-- a reverse curriculum: a share of episodes starts from states of the scripted expert's successful
-  episodes (already grasped, already lifted), so PPO meets the lift and its bonus early.
+- a reverse curriculum (``teacher/curriculum.py``): a share of episodes starts from states of the
+  scripted expert's successful episodes, at first from just before success, then further back.
 """
 
 from __future__ import annotations
@@ -24,47 +24,6 @@ def build_policy(env, cfg) -> MLPActorCritic:
     return MLPActorCritic(MLPPolicyConfig(
         actor_obs=group, critic_obs=group, actor_dim=dim, critic_dim=dim, action_dim=env.num_actions,
         actor_hidden=list(cfg.actor_hidden), critic_hidden=list(cfg.critic_hidden), init_std=float(cfg.init_std)))
-
-
-def expert_state_pool(env, seed: int) -> torch.Tensor:
-    """States (P, S) from one episode per env of the scripted expert, kept only from successes."""
-    expert = ScriptedExpert.for_env(env)
-    obs = env.reset(seed=seed)
-    expert.reset(torch.ones(env.num_envs, dtype=torch.bool))
-    states, owners = [], []
-    finished = np.zeros(env.num_envs, bool)
-    success = np.zeros(env.num_envs, bool)
-    for _ in range(env.max_episode_length):
-        alive = np.nonzero(~finished)[0]
-        states.append(env.get_state(alive))
-        owners.append(alive)
-        obs, _, done, extras = env.step(expert.act(obs))
-        expert.reset(done)
-        new = done.numpy() & ~finished
-        success[new] = extras["success"].numpy()[new]
-        finished |= done.numpy()
-        if finished.all():
-            break
-    keep = [s[success[o]] for s, o in zip(states, owners)]
-    return torch.cat(keep) if keep else torch.zeros(0, env.state_size)
-
-
-class ExpertStateResets:
-    """``on_reset`` hook: each freshly reset env starts from a random expert state with prob ``share``."""
-
-    def __init__(self, pool: torch.Tensor, share: float, seed: int):
-        self.pool, self.share = pool, share
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, env, ids: torch.Tensor) -> bool:
-        if self.share <= 0 or len(self.pool) == 0:
-            return False
-        pick = torch.rand(len(ids), generator=self.gen) < self.share
-        chosen = torch.randint(0, len(self.pool), (len(ids),), generator=self.gen)
-        if not pick.any():
-            return False
-        env.set_state(ids[pick], self.pool[chosen[pick]], keep_episode_counter=True)
-        return True
 
 
 class PolicyTeacher:

@@ -21,8 +21,8 @@ from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
-from teacher.ppo_teacher import (ExpertStateResets, PolicyTeacher, behaviour_clone, build_policy, expert_pairs,
-                                 expert_state_pool, load_teacher)
+from teacher.curriculum import ReverseCurriculum, expert_state_pool
+from teacher.ppo_teacher import PolicyTeacher, behaviour_clone, build_policy, expert_pairs, load_teacher
 
 
 def run(cfg) -> dict:
@@ -71,9 +71,7 @@ def _run_ppo(cfg) -> dict:
     env = make_env(train_cfg)
     torch.manual_seed(int(cfg.seed))
     policy = build_policy(env, t)
-    share = float(t.curriculum.expert_state_share)
-    pool = expert_state_pool(env, int(cfg.seed) + int(t.curriculum.pool_seed_offset)) if share > 0 else None
-    on_reset = ExpertStateResets(pool, share, int(cfg.seed)) if pool is not None else None
+    on_reset = _curriculum(t.curriculum, env, int(cfg.seed))
     logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project,
                            config=OmegaConf.to_container(cfg, resolve=True))
     meta = {"kind": "ppo_mlp", "env_name": env.cfg.name, "env_cfg": env_cfg, "obs_spec": env.obs_spec.to_dict()}
@@ -108,6 +106,22 @@ def _run_ppo(cfg) -> dict:
     _report(cfg, result, "ppo")
     return {"teacher_ckpt": str(path), "train_success_rate": last.get("success_rate"),
             "env_steps": last.get("env_steps"), **result}
+
+
+def _curriculum(c, env, seed: int) -> ReverseCurriculum | None:
+    share = float(c.expert_state_share)
+    if share <= 0:
+        return None
+    pool = expert_state_pool(env, seed + int(c.pool_seed_offset), int(c.pool_rounds))
+    if len(pool) == 0:
+        raise ConfigError(f"the scripted expert succeeded in none of its {c.pool_rounds * env.num_envs} episodes on "
+                          f"{env.cfg.name}, so there are no states to start from; set "
+                          f"teacher.curriculum.expert_state_share=0")
+    print(f"[teacher] curriculum: {len(pool)} expert states, up to {int(pool.steps_to_go.max())} steps to go, "
+          f"{'adaptive' if c.adaptive else 'uniform'} starts for {share:.0%} of resets")
+    return ReverseCurriculum(pool, share, seed, env.num_envs, adaptive=bool(c.adaptive), start=int(c.start),
+                             band=int(c.band), advance=int(c.advance), advance_at=float(c.advance_at),
+                             min_episodes=int(c.min_episodes))
 
 
 def evaluate_ppo_teacher(cfg, policy, env_cfg: dict) -> dict:
