@@ -66,6 +66,11 @@ class PPO:
         self.actor_params = [p for name, p in policy.named_parameters() if not name.startswith("critic")]
         self.critic_params = [p for name, p in policy.named_parameters() if name.startswith("critic")]
 
+    def set_learning_rate(self, lr: float) -> None:
+        self.learning_rate = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def update(self, storage: RolloutStorage, update_actor: bool = True) -> dict:
         """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
         pretrained actor: a fresh critic's advantages would otherwise wreck the actor first)."""
@@ -84,9 +89,7 @@ class PPO:
             with torch.no_grad():
                 kl = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean().item()
             if cfg.schedule == "adaptive" and update_actor:
-                self.learning_rate = adapt_learning_rate(self.learning_rate, kl, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.learning_rate
+                self.set_learning_rate(adapt_learning_rate(self.learning_rate, kl, cfg))
 
             ratio = torch.exp(log_probs - batch["log_probs"])  # (B,)
             surrogate = -advantages * ratio

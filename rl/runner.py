@@ -30,6 +30,10 @@ class RunnerConfig:
     random_initial_lengths: bool = True  # desynchronise resets once, at the start
     episode_window: int = 200  # finished episodes in the rolling success / return statistics
     critic_warmup_iterations: int = 0  # first iterations train only the critic (pretrained actors)
+    # The step the actor's first update starts from (pretrained actors). The adaptive schedule raises
+    # it by 1.5x per minibatch while the KL allows but lowers it only as fast: an imitating actor
+    # started at 1e-3 moved by a KL of ~13 in its first update, which undid the imitation.
+    actor_start_learning_rate: float | None = None
 
 
 class OnPolicyRunner:
@@ -118,6 +122,8 @@ class OnPolicyRunner:
                 rollout_stats = self.collect_rollout()
                 t1 = time.perf_counter()
                 warming_up = self.iteration < self.cfg.critic_warmup_iterations
+                if self.iteration == self.cfg.critic_warmup_iterations and self.cfg.actor_start_learning_rate:
+                    self.ppo.set_learning_rate(self.cfg.actor_start_learning_rate)
                 update_stats = self.ppo.update(self.storage, update_actor=not warming_up)
                 # After the update, so the update saw the same normalisation the rollout was sampled with.
                 self.policy.update_normalizers({k: v.reshape(-1, v.shape[-1]) for k, v in self.storage.obs.items()})

@@ -15,6 +15,12 @@ just before success and moving back as the policy learns keeps the learning sign
 is about to fail (Salimans & Chen 2018, "Learning Montezuma's Revenge from a single demonstration").
 With ``adaptive=False`` the frontier starts at the longest episode and the band covers everything:
 uniform expert-state resets.
+
+An expert start gets a time budget of ``budget_factor * steps_to_go + budget_extra`` steps (its step
+counter is moved forward; the episode then times out and is bootstrapped as usual). Without it a
+failed start idles to the episode limit: it costs hundreds of env steps, and since successes end
+early and failures late, the band's success rate over finished episodes reads too high (a probe
+advanced the frontier on a reading of 0.65 while the rate was nearer 0.3).
 """
 
 from __future__ import annotations
@@ -78,13 +84,14 @@ class ReverseCurriculum:
 
     def __init__(self, pool: ExpertStatePool, share: float, seed: int, num_envs: int, adaptive: bool = True,
                  start: int = 10, band: int = 40, advance: int = 10, advance_at: float = 0.6,
-                 min_episodes: int = 64, window: int = 200):
+                 min_episodes: int = 64, window: int = 200, budget_factor: float = 2.0, budget_extra: int = 20):
         self.pool, self.share, self.adaptive = pool, share, adaptive
         self.longest = int(pool.steps_to_go.max()) if len(pool) else 0
         self.median_length = int(pool.lengths.float().median()) if len(pool) else 1
         self.frontier = min(start, self.longest) if adaptive else self.longest
         self.band = band
         self.advance, self.advance_at, self.min_episodes = advance, advance_at, min_episodes
+        self.budget_factor, self.budget_extra = budget_factor, budget_extra
         self.gen = torch.Generator().manual_seed(seed)
         self.started_from = torch.full((num_envs,), -1, dtype=torch.int64)  # steps to go at the start; -1 fresh
         self.band_outcomes: deque = deque(maxlen=min_episodes)
@@ -121,6 +128,11 @@ class ReverseCurriculum:
             return False
         env.set_state(ids[pick], self.pool.states[chosen[pick]], keep_episode_counter=True)
         self.started_from[ids[pick]] = to_go[chosen[pick]]
+        if self.adaptive:
+            budget = (self.budget_factor * to_go[chosen[pick]].double()).long() + self.budget_extra
+            steps = env.episode_length_buf.clone()
+            steps[ids[pick]] = torch.maximum(steps[ids[pick]], env.max_episode_length - budget)
+            env.episode_length_buf = steps
         return True
 
     def _band_low(self) -> int:

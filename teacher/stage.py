@@ -79,7 +79,9 @@ def _run_ppo(cfg) -> dict:
                             RunnerConfig(num_steps_per_env=int(t.steps_per_env), num_iterations=int(t.iterations),
                                          seed=int(cfg.seed), save_every=int(t.save_every),
                                          critic_warmup_iterations=int(t.warm_start.critic_warmup_iterations)
-                                         if t.warm_start.enabled else 0),
+                                         if t.warm_start.enabled else 0,
+                                         actor_start_learning_rate=float(t.warm_start.ppo_learning_rate)
+                                         if t.warm_start.enabled else None),
                             logger=logger, on_reset=on_reset, checkpoint_meta=meta)
     if resume:
         runner.load(load_teacher(path, env.cfg.name))
@@ -121,7 +123,8 @@ def _curriculum(c, env, seed: int) -> ReverseCurriculum | None:
           f"{'adaptive' if c.adaptive else 'uniform'} starts for {share:.0%} of resets")
     return ReverseCurriculum(pool, share, seed, env.num_envs, adaptive=bool(c.adaptive), start=int(c.start),
                              band=int(c.band), advance=int(c.advance), advance_at=float(c.advance_at),
-                             min_episodes=int(c.min_episodes))
+                             min_episodes=int(c.min_episodes), budget_factor=float(c.budget_factor),
+                             budget_extra=int(c.budget_extra))
 
 
 def evaluate_ppo_teacher(cfg, policy, env_cfg: dict) -> dict:

@@ -9,13 +9,17 @@ from teacher.curriculum import ExpertStatePool, ReverseCurriculum, expert_state_
 class RecordingEnv:
     """Stands in for a VecEnv: remembers which pool states were set on which envs."""
 
+    max_episode_length = 300
+
     def __init__(self, num_envs):
         self.num_envs = num_envs
         self.set_calls = []
+        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long)
 
     def set_state(self, ids, states, keep_episode_counter=False):
         assert keep_episode_counter
         self.set_calls.append((ids.clone(), states.clone()))
+        self.episode_length_buf[ids] = 0  # a pool state taken at the episode's first step
 
 
 def toy_pool(lengths=(50, 80, 100)):
@@ -119,3 +123,13 @@ def test_state_dict_round_trip_continues_identically():
         finish(b, env_b, range(8), True)
     assert a.stats() == b.stats() and a.frontier == b.frontier
     assert all(torch.equal(x[1], y[1]) and torch.equal(x[0], y[0]) for x, y in zip(env_a.set_calls, env_b.set_calls))
+
+
+def test_expert_starts_get_a_time_budget_from_their_steps_to_go():
+    cur = ReverseCurriculum(toy_pool(), share=1.0, seed=0, num_envs=8, start=30, budget_factor=2.0, budget_extra=20)
+    env = RecordingEnv(8)
+    finish(cur, env, range(8), False)
+    ids, states = env.set_calls[-1]
+    to_go = states.flatten().long()
+    # the step counter moves forward so that the episode times out after 2 * steps to go + 20 steps
+    assert torch.equal(env.episode_length_buf[ids], 300 - (2 * to_go + 20))

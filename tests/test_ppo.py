@@ -187,6 +187,23 @@ def test_critic_warmup_moves_only_the_critic():
     assert not all(torch.equal(a, b) for a, b in zip(actor_before, policy.actor.parameters()))
 
 
+def test_the_actor_starts_at_its_own_small_step_after_the_critic_warmup():
+    def first_actor_kl(start_lr):
+        torch.manual_seed(0)
+        env = PointReach(num_envs=16)
+        runner = OnPolicyRunner(env, tiny_policy(), PPOConfig(learning_rate=1e-2, schedule="fixed"),
+                                RunnerConfig(num_steps_per_env=8, critic_warmup_iterations=2,
+                                             actor_start_learning_rate=start_lr))
+        runner.learn(num_iterations=2, progress=False)
+        assert runner.ppo.learning_rate == 1e-2  # the critic warms up at the configured step
+        kl = runner.learn(num_iterations=3, progress=False)["kl"]
+        assert runner.ppo.learning_rate == (start_lr or 1e-2)
+        return kl
+
+    # the first actor update moves the policy far less from a small start than from the critic's step
+    assert first_actor_kl(1e-5) < 0.01 * first_actor_kl(None)
+
+
 def test_behaviour_cloning_warm_start_fits_the_expert(make):
     from teacher.ppo_teacher import behaviour_clone, expert_pairs
 
