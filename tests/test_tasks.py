@@ -95,3 +95,33 @@ def test_revealed_view_hides_properties_until_a_lift(make):
     obs = omni.reset()
     assert torch.all(obs["privileged"][:, hidden.start] == 1)
     assert torch.all(obs["privileged"][:, hidden.start + 1] > 0)  # the mass
+
+
+def test_success_bonus_does_not_shrink_towards_the_time_limit(make):
+    """Success pays the same bonus early or late: PPO bootstraps time-outs with the critic's value,
+    so a bonus that shrank towards the limit would make hovering until the time-out pay more."""
+    env = make("lift", num_envs=16, seed=4)
+    success_rewards, lengths = [], []
+
+    def book(env, extras):
+        done_ok = extras["success"].numpy()
+        if done_ok.any():
+            success_rewards.extend(last_reward[0][done_ok].tolist())
+            lengths.extend(extras["episode"]["length"].numpy()[done_ok].tolist())
+
+    last_reward = [None]
+    step = env.step
+
+    def spy(action):
+        out = step(action)
+        last_reward[0] = out[1].numpy()
+        return out
+
+    env.step = spy
+    rollout(env, on_step=book)
+    assert len(set(lengths)) >= 3  # successes at several different times
+    cfg = env.cfg
+    dense_max = cfg.reward.reach + cfg.reward.grasp + cfg.reward.lift
+    bonus = cfg.reward.scale * (cfg.reward.success_bonus + dense_max * cfg.episode_length)
+    for reward in success_rewards:  # the step's dense reward (at most dense_max) plus the same bonus
+        assert bonus <= reward <= bonus + cfg.reward.scale * dense_max + 1e-4

@@ -11,10 +11,13 @@ Dense reward (documented in the README), summed per step:
   place  * [held] * (1 - tanh(10 * |cube - slot above the tower|))      (stack)
   stacked * number of tower levels filled                               (stack)
   on success (the condition held for ``hold_steps`` steps) the episode terminates with
-  ``success_bonus + max_step_reward * steps_left``: success is worth at least as much as collecting
-  the largest dense reward for the rest of the episode, so hovering just below the line never pays
-  more than crossing it. (A fixed bonus of 50 lost to hovering in a PPO probe: the return rose while
-  the success rate fell.)
+  ``success_bonus + max_step_reward * episode_length``: success is worth more than collecting the
+  largest dense reward for a whole episode, so hovering just below the line never pays more than
+  crossing it. (A fixed bonus of 50 lost to hovering in a PPO probe: the return rose while the
+  success rate fell.) The bonus does not shrink with the steps left: PPO bootstraps time-outs with
+  the critic's value of the last state, and a bonus that shrank towards the time limit made
+  hovering until the time-out worth more than succeeding late (a curriculum that starts episodes
+  late in their time made the StackPickMulti teacher unlearn the release that way).
 """
 
 from __future__ import annotations
