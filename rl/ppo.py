@@ -31,6 +31,11 @@ class PPOConfig:
     use_clipped_value_loss: bool = True
     entropy_coef: float = 0.0  # off by default; the action spread is logged instead
     max_grad_norm: float = 1.0
+    # Imitation kept in the update (DAPG, Rajeswaran et al. 2018): + bc_coef * bc_decay**k times the
+    # squared error of the policy mean against demonstrated raw actions, k counting actor updates.
+    # Only with demonstrations set (set_demonstrations); the std is left to PPO.
+    bc_coef: float = 0.0
+    bc_decay: float = 1.0
 
 
 class NonFiniteError(RuntimeError):
@@ -65,6 +70,21 @@ class PPO:
         # Clipped apart (see update); the policy interface names the critic's parameters "critic*".
         self.actor_params = [p for name, p in policy.named_parameters() if not name.startswith("critic")]
         self.critic_params = [p for name, p in policy.named_parameters() if name.startswith("critic")]
+        self.demo_obs: dict | None = None
+        self.demo_actions: torch.Tensor | None = None
+        self.actor_updates = 0
+
+    def set_demonstrations(self, obs: dict, actions: torch.Tensor) -> None:
+        """Demonstrated (obs groups of (M, D), raw actions (M, A)) for the imitation term."""
+        self.demo_obs, self.demo_actions = obs, actions
+
+    def _imitation_loss(self, batch_size: int) -> torch.Tensor | None:
+        coef = self.cfg.bc_coef * self.cfg.bc_decay ** self.actor_updates
+        if self.demo_actions is None or coef <= 0:
+            return None
+        idx = torch.randint(0, len(self.demo_actions), (batch_size,), generator=self.generator)
+        dist, _ = self.policy.act({k: v[idx] for k, v in self.demo_obs.items()})
+        return coef * (dist.mean - self.demo_actions[idx]).pow(2).mean()
 
     def set_learning_rate(self, lr: float) -> None:
         self.learning_rate = lr
@@ -104,8 +124,12 @@ class PPO:
                 value_loss = (values - returns).pow(2).mean()
 
             loss = cfg.value_loss_coef * value_loss
+            imitation = None
             if update_actor:
                 loss = loss + policy_loss - cfg.entropy_coef * entropy
+                imitation = self._imitation_loss(len(advantages))
+                if imitation is not None:
+                    loss = loss + imitation
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
                                      f"no checkpoint written")
@@ -126,7 +150,7 @@ class PPO:
 
             stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
                      "kl": kl, "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean().item(),
-                     "grad_norm": total_norm.item()}
+                     "grad_norm": total_norm.item(), "imitation_loss": 0.0 if imitation is None else imitation.item()}
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
@@ -134,6 +158,7 @@ class PPO:
         out.update({f"grad_l2/{k}": v / n_batches for k, v in grad_l2.items()})
         out.update({f"grad_max/{k}": v for k, v in grad_max.items()})
         out["learning_rate"] = self.learning_rate
+        self.actor_updates += int(update_actor)
         returns = storage.returns.flatten()
         residual = (returns - storage.values.flatten()).var()
         out["explained_variance"] = float(1.0 - residual / returns.var()) if returns.var() > 0 else math.nan

@@ -162,6 +162,7 @@ class OnPolicyRunner:
             "model": self.policy.state_dict(),
             "optimizer": self.ppo.optimizer.state_dict(),
             "learning_rate": self.ppo.learning_rate,
+            "actor_updates": self.ppo.actor_updates,
             "ppo_cfg": asdict(self.ppo.cfg),
             "runner_cfg": asdict(self.cfg),
             "iteration": self.iteration,
@@ -182,6 +183,7 @@ class OnPolicyRunner:
         self.policy.load_state_dict(ckpt["model"])
         self.ppo.optimizer.load_state_dict(ckpt["optimizer"])
         self.ppo.learning_rate = ckpt["learning_rate"]
+        self.ppo.actor_updates = int(ckpt.get("actor_updates", 0))
         self.iteration = int(ckpt["iteration"])
         self.action_gen.set_state(ckpt["action_gen"])
         self.batch_gen.set_state(ckpt["batch_gen"])

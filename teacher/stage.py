@@ -94,6 +94,7 @@ def _run_ppo(cfg) -> dict:
         logger.log(bc)
         print(f"[teacher] warm start: imitated {bc['bc_samples']} expert steps, "
               f"MSE {bc['bc_loss_first']:.3f} -> {bc['bc_loss_last']:.3f}")
+        runner.ppo.set_demonstrations(obs, actions)  # used when teacher.ppo.bc_coef > 0
     last = runner.learn(checkpoint_path=Path(path))
     logger.close()
     env.close()

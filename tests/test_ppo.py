@@ -204,6 +204,26 @@ def test_the_actor_starts_at_its_own_small_step_after_the_critic_warmup():
     assert first_actor_kl(1e-5) < 0.01 * first_actor_kl(None)
 
 
+def test_imitation_term_pulls_the_mean_to_demonstrations_and_decays():
+    def mean_after(bc_coef, bc_decay=1.0, updates=5):
+        torch.manual_seed(0)
+        env = PointReach(num_envs=16)
+        runner = OnPolicyRunner(env, tiny_policy(), PPOConfig(bc_coef=bc_coef, bc_decay=bc_decay),
+                                RunnerConfig(num_steps_per_env=8))
+        demo_obs = {"privileged": torch.randn(256, 2, generator=torch.Generator().manual_seed(1))}
+        runner.ppo.set_demonstrations(demo_obs, torch.full((256, 2), 3.0))  # raw, outside the bounds
+        stats = runner.learn(num_iterations=updates, progress=False)
+        with torch.no_grad():
+            return runner.policy.act(demo_obs)[0].mean.mean().item(), stats["imitation_loss"]
+
+    plain, no_loss = mean_after(0.0)
+    imitating, loss = mean_after(10.0)
+    assert no_loss == 0.0 and loss > 0.0
+    assert imitating > plain + 0.5  # the mean moved towards the demonstrated 3.0
+    _, decayed = mean_after(10.0, bc_decay=0.0, updates=2)
+    assert decayed == 0.0  # weight 10 * 0**1 in the second update
+
+
 def test_behaviour_cloning_warm_start_fits_the_expert(make):
     from teacher.ppo_teacher import behaviour_clone, expert_pairs
 
