@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from envs.base import ConfigError
+from tests.conftest import env_config
 
 ALL_ON = dict(  # every source of randomness on, so determinism tests mean something
     perturbations={"drop_rate": 0.05, "push_rate": 0.05, "noise_rate": 0.05},
@@ -33,7 +34,9 @@ def test_shapes_dtypes_and_spec(make):
 
 
 def test_time_outs_are_not_terminations_and_final_obs_is_the_last(make):
-    env = make("lift", num_envs=3, episode_length=5)
+    observations = env_config("lift")["observations"]
+    observations["privileged"]["time"] = {}  # not in the default groups; here it tells the last step
+    env = make("lift", num_envs=3, episode_length=5, observations=observations)
     env.reset()
     for t in range(5):
         obs, _, done, extras = env.step(torch.zeros(3, 5))
@@ -117,7 +120,6 @@ def test_occluded_cube_terms_are_exactly_zero_and_masked(make):
 
 def test_bad_env_config_values_raise_config_error():
     from envs import make_env
-    from tests.conftest import env_config
 
     for bad in (dict(num_envs=0), dict(task="juggle"), dict(hidden_view="psychic"),
                 dict(cube={"mass": [0.5, 0.1]}), dict(n_cubes=2), dict(occlusion={"rate": 2.0}),
