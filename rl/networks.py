@@ -74,12 +74,20 @@ class MLPActorCritic(nn.Module):
         return memory
 
     def update_normalizers(self, obs: dict) -> None:
-        self.actor_norm.update(obs[self.cfg.actor_obs])
-        if self.cfg.critic_obs != self.cfg.actor_obs:
+        self.actor_norm.update(obs[self.cfg.actor_obs])  # a no-op once frozen
+        if self._critic_norm() is self.critic_norm:
             self.critic_norm.update(obs[self.cfg.critic_obs])
 
+    def freeze_actor_normalizer(self) -> None:
+        """Keep the actor's input statistics from now on (an actor pretrained on them); the critic,
+        if it shared them, goes on with its own copy."""
+        if self.cfg.critic_obs == self.cfg.actor_obs:
+            self.critic_norm.load_state_dict(self.actor_norm.state_dict())
+        self.actor_norm.freeze()
+
     def _critic_norm(self) -> EmpiricalNormalizer:
-        return self.actor_norm if self.cfg.critic_obs == self.cfg.actor_obs else self.critic_norm
+        shared = self.cfg.critic_obs == self.cfg.actor_obs and not bool(self.actor_norm.frozen)
+        return self.actor_norm if shared else self.critic_norm
 
     def distribution(self, actor_obs: torch.Tensor) -> Normal:
         mean = self.actor(self.actor_norm(actor_obs))

@@ -13,11 +13,21 @@ class EmpiricalNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("var", torch.ones(dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))  # saved: a resumed run stays frozen
+
+    def freeze(self) -> None:
+        """Stop updating: the statistics now define the input space of a network trained on them."""
+        self.frozen.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the flag existed: not frozen
+        state_dict.setdefault(prefix + "frozen", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Merge a batch (B, dim) into the running statistics (Chan et al.'s parallel update)."""
-        if not self.enabled:
+        if not self.enabled or bool(self.frozen):
             return
         x = x.reshape(-1, x.shape[-1]).to(self.mean.dtype)
         n = x.shape[0]

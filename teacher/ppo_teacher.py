@@ -11,7 +11,6 @@ on another with the same budget):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from envs.scripted import ScriptedExpert

@@ -95,6 +95,8 @@ def _run_ppo(cfg) -> dict:
         print(f"[teacher] warm start: imitated {bc['bc_samples']} expert steps, "
               f"MSE {bc['bc_loss_first']:.3f} -> {bc['bc_loss_last']:.3f}")
         runner.ppo.set_demonstrations(obs, actions)  # used when teacher.ppo.bc_coef > 0
+        if w.freeze_normalizer:
+            policy.freeze_actor_normalizer()
     last = runner.learn(checkpoint_path=Path(path))
     logger.close()
     env.close()

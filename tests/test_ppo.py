@@ -224,6 +224,23 @@ def test_imitation_term_pulls_the_mean_to_demonstrations_and_decays():
     assert decayed == 0.0  # weight 10 * 0**1 in the second update
 
 
+def test_frozen_actor_normaliser_stays_while_the_critic_goes_on_and_survives_a_checkpoint():
+    policy = tiny_policy()
+    g = torch.Generator().manual_seed(0)
+    policy.update_normalizers({"privileged": torch.randn(256, 2, generator=g)})
+    policy.freeze_actor_normalizer()
+    actor_mean, critic_mean = policy.actor_norm.mean.clone(), policy.critic_norm.mean.clone()
+    assert torch.equal(actor_mean, critic_mean)  # the critic starts from the shared statistics
+    policy.update_normalizers({"privileged": 5.0 + torch.randn(256, 2, generator=g)})
+    assert torch.equal(policy.actor_norm.mean, actor_mean)
+    assert (policy.critic_norm.mean > critic_mean + 1.0).all()
+    again = tiny_policy()
+    again.load_state_dict(policy.state_dict())
+    assert bool(again.actor_norm.frozen) and torch.equal(again.critic_norm.mean, policy.critic_norm.mean)
+    old = {k: v for k, v in tiny_policy().state_dict().items() if not k.endswith("frozen")}
+    tiny_policy().load_state_dict(old)  # checkpoints from before the flag still load
+
+
 def test_behaviour_cloning_warm_start_fits_the_expert(make):
     from teacher.ppo_teacher import behaviour_clone, expert_pairs
 
