@@ -1,7 +1,8 @@
 """Training curves from ``metrics.jsonl``: ``python -m rl.plot RUN_DIR [--stage teacher] [--out DIR]``.
 
 Writes ``<stage>_training.png`` (success, return, episode length, losses, KL, clip fraction,
-learning rate, entropy and action spread, explained variance, Var(R), throughput) and
+learning rate, entropy and action spread, explained variance, Var(R), throughput, and with the
+teacher's curriculum the success of fresh and expert starts and the frontier) and
 ``<stage>_gradients.png`` (per-layer gradient L2 and max norms) so a user without wandb sees the run.
 """
 
@@ -25,6 +26,8 @@ PANELS = [
     (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
     ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),
     ("actions_outside_bounds", "share of actions outside [-1, 1]"),
+    (("fresh_success_rate", "expert_start_success_rate", "band_success_rate"), "curriculum: success by start"),
+    ("curriculum_frontier", "curriculum frontier (steps to go)"),
 ]
 
 
@@ -39,14 +42,16 @@ def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     x = [r["env_steps"] for r in rows]
     fig, axes = plt.subplots(4, 4, figsize=(16, 12))
-    for ax, (keys, title) in zip(axes.flat, PANELS):
+    panels = [(keys, title) for keys, title in PANELS  # the curriculum's panels only when it ran
+              if any(k in rows[0] for k in (keys if isinstance(keys, tuple) else (keys,)))]
+    for ax, (keys, title) in zip(axes.flat, panels):
         for key in (keys if isinstance(keys, tuple) else (keys,)):
             ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("env steps", fontsize=8)
         if isinstance(keys, tuple):
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(PANELS):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{stage}: PPO diagnostics")
     fig.tight_layout()

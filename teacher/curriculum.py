@@ -147,7 +147,7 @@ class ReverseCurriculum:
         return 1.0 - (1.0 - self.share) * covered
 
     def stats(self) -> dict:
-        rate = (lambda d: float(np.mean(d)) if d else 0.0)
+        rate = (lambda d: float(np.mean(d)) if d else float("nan"))  # nan: nothing booked yet
         return {"curriculum_frontier": self.frontier, "curriculum_longest": self.longest,
                 "fresh_success_rate": rate(self.fresh_outcomes), "expert_start_success_rate": rate(self.expert_outcomes),
                 "band_success_rate": rate(self.band_outcomes), "curriculum_expert_share": self.expert_share()}
