@@ -1,12 +1,13 @@
 """The PPO teacher: an MLP actor-critic on the privileged group, trained with perturbations on.
 
-Two levers make it dependable from seed to seed (plain PPO reached 0.72-0.81 on one seed and 0.0
-on another with the same budget):
+Two levers (on Lift, before the PPO core matched rsl_rl, plain PPO was seed-dependent; see the
+README for what each costs and gives now):
 - a warm start: the actor first imitates the scripted expert's raw actions (regression of the
   Gaussian mean; the log-std keeps its initial value), then a fresh critic learns on the frozen
-  actor's rollouts for a few iterations before PPO moves the actor;
+  actor's rollouts for a few iterations before PPO moves the actor from a small step;
 - a reverse curriculum (``teacher/curriculum.py``): a share of episodes starts from states of the
-  scripted expert's successful episodes, at first from just before success, then further back.
+  scripted expert's successful episodes, uniformly chosen or (adaptive) from just before success,
+  then further back.
 """
 
 from __future__ import annotations
