@@ -60,6 +60,17 @@ def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:
     zarr_sync(gather())
 
 
+def _written_prefix(ends: np.ndarray) -> int:
+    """How many entries of ``episode_ends`` were really written. zarr's append writes the new shape
+    before the new values, so a kill in between leaves a longer array whose tail reads as the fill
+    value 0, and repair took that tail at face value: it cut every data array to 0 steps. (The SIGKILL
+    test failed once in a fresh clone with the first stored action wrong; it kills as soon as a
+    reader sees the shape grow, which can land in that window; a constructed case reproduces it.)
+    Real ends rise strictly from > 0, so the written entries are the rising prefix."""
+    rising = np.diff(np.concatenate([[0], ends])) > 0
+    return len(ends) if rising.all() else int(np.argmin(rising))
+
+
 def obs_key(entity: str, term: str) -> str:
     return f"{entity}_{term}"
 
@@ -128,7 +139,9 @@ class EpisodeStore:
         for partial in self.path.rglob("*.partial"):  # unfinished files a killed writer left
             partial.unlink()
         ends = self.root["meta/episode_ends"]
-        n_eps = ends.shape[0]
+        n_eps = _written_prefix(ends[:])
+        if n_eps != ends.shape[0]:
+            ends.resize((n_eps,))
         n_steps = int(ends[n_eps - 1]) if n_eps else 0
         for name, arr in self._arrays("data"):
             if arr.shape[0] != n_steps:

@@ -298,3 +298,35 @@ def test_a_torn_journal_record_is_dropped_and_the_complete_ones_are_folded_in(tm
         assert np.array_equal(reopened.episode(i)["action"], ep["action"])
     assert list(reopened.episode_meta()["seed"]) == [0, 1, 2]
     assert not list((tmp_path / "s.zarr" / "journal").glob("*.jnl"))  # folded, then removed
+
+
+def test_a_commit_torn_between_its_new_shape_and_its_values_is_repaired(tmp_path):
+    """zarr's append writes the new shape before the new values: a kill in between leaves
+    episode_ends longer, its tail reading 0. Repair must keep the committed episodes, and the
+    journal, still on disk, brings back the ones whose commit was torn."""
+    layout = {"action": ((2,), "float32"), "attempt": ((), "int16")}
+    path = tmp_path / "s.zarr"
+    store = EpisodeStore.create(path, {"env": "toy"}, layout, {"seed": "uint64"}, flush_every=100)
+    episodes = [{"action": np.full((3 + i, 2), i, np.float32), "attempt": np.arange(3 + i, dtype=np.int16)}
+                for i in range(4)]
+    for i, ep in enumerate(episodes[:2]):
+        store.append_episode(ep, {"seed": i})
+    store.flush()  # two committed
+    for i, ep in enumerate(episodes[2:], start=2):
+        store.append_episode(ep, {"seed": i})  # two journaled, not folded
+    journal = sorted((path / "journal").glob("*.jnl"))
+    assert journal
+    # the torn fold: data and meta appended, the commit's shape grown, its values not yet written
+    for name, arr in store._arrays("data"):
+        arr.append(np.concatenate([ep[name] for ep in episodes[2:]]))
+    seeds = dict(store._arrays("meta/episode"))["seed"]
+    seeds.append(np.array([2, 3], np.uint64))
+    ends = store._ends()
+    ends.resize((4,))
+    assert list(ends[:]) == [3, 7, 0, 0]
+
+    reopened = EpisodeStore.open(path, mode="a")
+    assert reopened.committed_episodes == 4  # two repaired, two replayed from the journal
+    for i, ep in enumerate(episodes):
+        assert np.array_equal(reopened.episode(i)["action"], ep["action"])
+    assert list(reopened.episode_meta()["seed"]) == [0, 1, 2, 3]
