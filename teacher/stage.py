@@ -84,6 +84,10 @@ def _run_ppo(cfg) -> dict:
                                          if t.warm_start.enabled else None),
                             logger=logger, on_reset=on_reset, checkpoint_meta=meta)
     if resume:
+        if t.warm_start.enabled and float(t.ppo.bc_coef) > 0:
+            # the imitation term's expert pairs are not in the checkpoint; they are deterministic, so
+            # rebuild them (before load: it restores the env state that this rollout changes)
+            runner.ppo.set_demonstrations(*expert_pairs(env, int(cfg.seed) + 211, int(t.warm_start.expert_steps)))
         runner.load(load_teacher(path, env.cfg.name))
         print(f"[teacher] resuming {path} at iteration {runner.iteration}")
     elif t.warm_start.enabled:

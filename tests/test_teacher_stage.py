@@ -62,3 +62,20 @@ def test_teacher_checkpoint_for_another_env_is_refused(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable teacher checkpoint"):
         load_teacher(path, "Lift-v1")
+
+
+def test_resume_with_the_imitation_term_equals_an_uninterrupted_run(tmp_path):
+    """The expert pairs are not in the checkpoint; a resumed run rebuilds them and goes on identically."""
+    args = [*TINY, "teacher.ppo.bc_coef=1.0", "teacher.ppo.bc_decay=0.9"]
+    whole = tmp_path / "whole"
+    assert pipeline("stage=teacher", *args, "teacher.iterations=4", f"run_dir={whole}").returncode == 0
+    split = tmp_path / "split"
+    assert pipeline("stage=teacher", *args, "teacher.iterations=2", f"run_dir={split}").returncode == 0
+    r = pipeline("stage=teacher", *args, "teacher.iterations=4", "teacher.resume=true", f"run_dir={split}")
+    assert r.returncode == 0, r.stderr
+    keys = ("imitation_loss", "kl", "value_loss", "learning_rate")
+    a, b = rows(whole), rows(split)
+    assert [m["iteration"] for m in b] == [1, 2, 3, 4]
+    assert a[-1]["imitation_loss"] > 0
+    for x, y in zip(a, b):
+        assert {k: x[k] for k in keys} == {k: y[k] for k in keys}
