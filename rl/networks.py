@@ -36,6 +36,26 @@ class MLPPolicyConfig:
     activation: str = "elu"
     init_std: float = 1.0
     normalize_obs: bool = True
+    # Object-centric input order (both groups, when they are the same): the blocks [start, end) of
+    # interchangeable entities (the cubes), re-ordered per sample nearest first by the norm of the
+    # columns key = [offset, width] inside each block (the cube's offset from the gripper). Empty: off.
+    sort_blocks: list[list[int]] = field(default_factory=list)
+    sort_key: list[int] = field(default_factory=list)
+
+
+def nearest_first(x: torch.Tensor, blocks: list[list[int]], key: list[int]) -> torch.Tensor:
+    """``x`` (..., D) with its entity blocks (equal widths, contiguous) sorted by the norm of each
+    block's key columns, smallest first. An MLP over a fixed cube0, cube1, ... layout must learn an
+    argmin to find the cube it should go for; imitating the scripted expert from fresh starts on
+    StackPickMulti it never did (0/64 successes), while with this order it reached 0.6 (README)."""
+    if not blocks:
+        return x
+    first, last = blocks[0][0], blocks[-1][1]
+    width = blocks[0][1] - blocks[0][0]
+    cubes = x[..., first:last].unflatten(-1, (len(blocks), width))  # (..., E, W)
+    order = cubes[..., key[0]:key[0] + key[1]].norm(dim=-1).argsort(dim=-1, stable=True)  # (..., E)
+    cubes = torch.gather(cubes, -2, order.unsqueeze(-1).expand_as(cubes))
+    return torch.cat([x[..., :first], cubes.flatten(-2), x[..., last:]], dim=-1)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -73,10 +93,17 @@ class MLPActorCritic(nn.Module):
     def reset_memory(self, memory, done):
         return memory
 
+    def _actor_input(self, obs: dict) -> torch.Tensor:
+        return nearest_first(obs[self.cfg.actor_obs], self.cfg.sort_blocks, self.cfg.sort_key)
+
+    def _critic_input(self, obs: dict) -> torch.Tensor:
+        x = obs[self.cfg.critic_obs]
+        return nearest_first(x, self.cfg.sort_blocks, self.cfg.sort_key) if self.cfg.critic_obs == self.cfg.actor_obs else x
+
     def update_normalizers(self, obs: dict) -> None:
-        self.actor_norm.update(obs[self.cfg.actor_obs])  # a no-op once frozen
+        self.actor_norm.update(self._actor_input(obs))  # a no-op once frozen
         if self._critic_norm() is self.critic_norm:
-            self.critic_norm.update(obs[self.cfg.critic_obs])
+            self.critic_norm.update(self._critic_input(obs))
 
     def freeze_actor_normalizer(self) -> None:
         """Keep the actor's input statistics from now on (an actor pretrained on them); the critic,
@@ -89,19 +116,22 @@ class MLPActorCritic(nn.Module):
         shared = self.cfg.critic_obs == self.cfg.actor_obs and not bool(self.actor_norm.frozen)
         return self.actor_norm if shared else self.critic_norm
 
-    def distribution(self, actor_obs: torch.Tensor) -> Normal:
-        mean = self.actor(self.actor_norm(actor_obs))
+    def mean_action(self, obs: dict) -> torch.Tensor:
+        return self.actor(self.actor_norm(self._actor_input(obs)))
+
+    def distribution(self, obs: dict) -> Normal:
+        mean = self.mean_action(obs)
         return Normal(mean, self.log_std.exp().expand_as(mean))
 
     def act(self, obs: dict, memory=None):
-        return self.distribution(obs[self.cfg.actor_obs]), memory
+        return self.distribution(obs), memory
 
     def act_inference(self, obs: dict, memory=None):
         """The deterministic action (the mean) for evaluation."""
-        return self.actor(self.actor_norm(obs[self.cfg.actor_obs])), memory
+        return self.mean_action(obs), memory
 
     def value(self, obs: dict, memory=None) -> torch.Tensor:
-        return self.critic(self._critic_norm()(obs[self.cfg.critic_obs])).squeeze(-1)
+        return self.critic(self._critic_norm()(self._critic_input(obs))).squeeze(-1)
 
     def evaluate(self, obs_seq: dict, memory0=None):
-        return self.distribution(obs_seq[self.cfg.actor_obs]), self.value(obs_seq)
+        return self.distribution(obs_seq), self.value(obs_seq)

@@ -21,9 +21,30 @@ from rl.networks import MLPActorCritic, MLPPolicyConfig
 def build_policy(env, cfg) -> MLPActorCritic:
     group = cfg.obs_group
     dim = env.obs_spec.dim(group)
+    blocks, key = cube_blocks(env.obs_spec, group) if cfg.get("sort_cubes", False) else ([], [])
     return MLPActorCritic(MLPPolicyConfig(
         actor_obs=group, critic_obs=group, actor_dim=dim, critic_dim=dim, action_dim=env.num_actions,
-        actor_hidden=list(cfg.actor_hidden), critic_hidden=list(cfg.critic_hidden), init_std=float(cfg.init_std)))
+        actor_hidden=list(cfg.actor_hidden), critic_hidden=list(cfg.critic_hidden), init_std=float(cfg.init_std),
+        sort_blocks=blocks, sort_key=key))
+
+
+def cube_blocks(spec, group: str) -> tuple[list[list[int]], list[int]]:
+    """The cubes' column blocks in ``group`` and, inside a block, the columns of the cube's offset from
+    the gripper (``cube_rel``): what ``rl.networks.nearest_first`` sorts by. ([], []) for one cube."""
+    cubes = [e for e in spec.entities(group) if e.startswith("cube")]
+    if len(cubes) < 2:
+        return [], []
+    blocks = []
+    for e in cubes:
+        cols = spec.entity_slices(group, e)
+        blocks.append([cols[0][0], cols[-1][1]])
+    rel = [t for t in spec.groups[group] if t.entity == cubes[0] and t.name == "rel"]
+    if not rel:
+        from envs.base import ConfigError
+
+        raise ConfigError(f"teacher.sort_cubes needs the cube_rel term in the {group!r} observation group; "
+                          f"add it to env.observations.{group} or set teacher.sort_cubes=false")
+    return blocks, [rel[0].start - blocks[0][0], rel[0].end - rel[0].start]
 
 
 class PolicyTeacher:
@@ -84,14 +105,13 @@ def expert_pairs(env, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor
 def behaviour_clone(policy, obs: dict, actions: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> dict:
     """Fit the actor's mean to raw expert actions (MSE); the normaliser learns the expert's states."""
     policy.update_normalizers(obs)
-    group = policy.cfg.actor_obs
     params = list(policy.actor.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     first = last = None
     for _ in range(steps):
         idx = torch.randint(0, len(actions), (batch,), generator=gen)
-        mean = policy.actor(policy.actor_norm(obs[group][idx]))
+        mean = policy.mean_action({k: v[idx] for k, v in obs.items()})
         loss = (mean - actions[idx]).pow(2).mean()
         opt.zero_grad()
         loss.backward()

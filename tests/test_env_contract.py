@@ -135,3 +135,24 @@ def test_physics_blow_up_terminates_as_sim_unstable(make):
     _, _, done, extras = env.step(torch.zeros(2, 5))
     assert extras["failure"]["sim_unstable"].tolist() == [False, True]
     assert done.tolist() == [False, True] and extras["terminated"][1]
+
+
+def test_relative_yaw_terms_agree_with_the_absolute_ones(make):
+    env = make("stack_pick_multi", num_envs=4)
+    env.reset(seed=3)
+    for action in random_actions(4, 10, seed=2):  # turn the gripper so the relative angle differs from the cube's
+        obs = env.step(action)[0]["privileged"].double()
+    spec = env.obs_spec
+
+    def term(entity, name):
+        (a, b), = [(t.start, t.end) for t in spec.groups["privileged"] if (t.entity, t.name) == (entity, name)]
+        return obs[:, a:b]
+
+    g = term("gripper", "yaw")[:, 0]
+    assert torch.allclose(term("gripper", "heading"), torch.stack([g.sin(), g.cos()], 1), atol=1e-6)
+    assert g.abs().max() > 0.05
+    for c in range(3):
+        s4c, c4c = term(f"cube{c}", "yaw").T
+        rel = term(f"cube{c}", "yaw_rel")
+        expected = torch.stack([s4c * (4 * g).cos() - c4c * (4 * g).sin(), c4c * (4 * g).cos() + s4c * (4 * g).sin()], 1)
+        assert torch.allclose(rel, expected, atol=1e-5)

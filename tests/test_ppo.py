@@ -67,11 +67,11 @@ def test_time_out_bootstraps_with_value_of_the_final_observation():
 
 def test_log_std_moves_below_any_floor_and_is_never_clamped():
     policy = tiny_policy(init_std=math.exp(-8.0))
-    dist = policy.distribution(torch.zeros(5, 2))
+    dist = policy.distribution({"privileged": torch.zeros(5, 2)})
     assert torch.allclose(dist.stddev, torch.full((5, 2), math.exp(-8.0)))
     opt = torch.optim.Adam(policy.parameters(), lr=0.5)
     for _ in range(20):  # maximise the likelihood of actions at the mean: the std wants to shrink
-        d = policy.distribution(torch.zeros(64, 2))
+        d = policy.distribution({"privileged": torch.zeros(64, 2)})
         loss = -d.log_prob(d.mean.detach()).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
@@ -253,3 +253,31 @@ def test_behaviour_cloning_warm_start_fits_the_expert(make):
     stats = behaviour_clone(policy, obs, actions, steps=300, batch=128, lr=1e-3, seed=0)
     assert stats["bc_loss_last"] < 0.3 * stats["bc_loss_first"]
     assert policy.log_std.exp().allclose(torch.ones(5))  # the std keeps its initial value
+
+
+def test_nearest_first_makes_the_teacher_indifferent_to_the_cube_numbering(make):
+    from omegaconf import OmegaConf
+
+    from rl.networks import nearest_first
+    from teacher.ppo_teacher import build_policy, cube_blocks
+
+    env = make("stack_pick_multi", num_envs=8)
+    obs = env.reset(seed=1)
+    blocks, key = cube_blocks(env.obs_spec, "privileged")
+    assert len(blocks) == 3 and key[1] == 3
+    (a0, b0), (a1, b1), (a2, b2) = blocks
+    x = obs["privileged"]
+    swapped = torch.cat([x[:, :a0], x[:, a2:b2], x[:, a1:b1], x[:, a0:b0], x[:, b2:]], 1)  # cube0 <-> cube2
+    assert not torch.equal(swapped, x)
+    ordered = nearest_first(x, blocks, key)
+    dist = torch.stack([ordered[:, a + key[0]:a + key[0] + key[1]].norm(dim=1) for a, _ in blocks], 1)
+    assert (dist[:, :-1] <= dist[:, 1:]).all()
+    assert torch.equal(nearest_first(swapped, blocks, key), ordered)
+    cfg = OmegaConf.create({"obs_group": "privileged", "actor_hidden": [32], "critic_hidden": [32], "init_std": 1.0})
+    for sort in (True, False):
+        torch.manual_seed(0)
+        policy = build_policy(env, OmegaConf.merge(cfg, {"sort_cubes": sort}))
+        same_action = torch.allclose(policy.act_inference({"privileged": swapped})[0],
+                                     policy.act_inference(obs)[0], atol=1e-6)
+        same_value = torch.allclose(policy.value({"privileged": swapped}), policy.value(obs), atol=1e-6)
+        assert same_action == sort and same_value == sort

@@ -26,12 +26,14 @@ from envs.base import ConfigError, ObsSpec, ObsTerm
 TERMS: dict[str, tuple[str, int]] = {
     "gripper_pos": ("gripper", 3),
     "gripper_yaw": ("gripper", 1),
+    "gripper_heading": ("gripper", 2),  # sin and cos of the yaw: smooth where the angle wraps
     "gripper_opening": ("gripper", 1),
     "gripper_vel": ("gripper", 3),
     "gripper_closed": ("gripper", 1),
     "cube_pos": ("cube", 3),
     "cube_rel": ("cube", 3),  # cube minus grasp point
     "cube_yaw": ("cube", 2),  # sin and cos of 4*yaw: a cube looks the same every 90 degrees
+    "cube_yaw_rel": ("cube", 2),  # sin and cos of 4*(cube yaw - gripper yaw): the turn a grasp needs
     "cube_vel": ("cube", 3),
     "cube_size": ("cube", 1),
     "cube_held": ("cube", 1),
@@ -59,6 +61,8 @@ def _term_values(name: str, f) -> np.ndarray:
         return f.grip_pos
     if name == "gripper_yaw":
         return f.grip_yaw[:, None]
+    if name == "gripper_heading":
+        return np.stack([np.sin(f.grip_yaw), np.cos(f.grip_yaw)], -1)
     if name == "gripper_opening":
         return f.fingers.sum(1, keepdims=True)
     if name == "gripper_vel":
@@ -71,6 +75,9 @@ def _term_values(name: str, f) -> np.ndarray:
         return f.obj_pos[:, :C] - f.grip_pos[:, None, :]
     if name == "cube_yaw":
         y = 4.0 * f.obj_yaw[:, :C]
+        return np.stack([np.sin(y), np.cos(y)], -1)
+    if name == "cube_yaw_rel":
+        y = 4.0 * (f.obj_yaw[:, :C] - f.grip_yaw[:, None])
         return np.stack([np.sin(y), np.cos(y)], -1)
     if name == "cube_vel":
         return f.obj_vel[:, :C]
