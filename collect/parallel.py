@@ -17,7 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 
 from datasets.store import EpisodeStore
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
-import numpy as np
 import torch
 import yaml
 

@@ -1,6 +1,5 @@
 """The VecEnv contract of envs/base.py on the MuJoCo tasks."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl.networks import MLPActorCritic, MLPPolicyConfig
-from rl.ppo import PPO, NonFiniteError, PPOConfig, adapt_learning_rate
+from rl.ppo import NonFiniteError, PPOConfig, adapt_learning_rate
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.storage import gae
 from tests.toy_env import PointReach

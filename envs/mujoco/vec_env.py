@@ -132,7 +132,7 @@ class MujocoVecEnv:
 
     # ------------------------------------------------------------------ frame: everything task logic reads
     def _frame(self) -> SimpleNamespace:
-        N, O, C = self.num_envs, self.n_objects, self.n_cubes
+        N, C = self.num_envs, self.n_cubes
         q, v, st = self._qpos, self._qvel, self.st
         obj_pos = np.stack([q[:, a: a + 3] for a in self._qadr], 1)
         quat = np.stack([q[:, a + 3: a + 7] for a in self._qadr], 1)
