@@ -13,6 +13,7 @@ README for what each costs and gives now):
 from __future__ import annotations
 
 import torch
+from rich.progress import track
 
 from envs.scripted import ScriptedExpert
 from rl.networks import MLPActorCritic, MLPPolicyConfig
@@ -92,7 +93,7 @@ def expert_pairs(env, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor
     expert.reset(torch.ones(env.num_envs, dtype=torch.bool))
     observations: dict[str, list] = {k: [] for k in obs}
     actions = []
-    for _ in range(steps):
+    for _ in track(range(steps), description="warm start: expert rollouts", transient=True):
         action = expert.act(obs)
         for k in obs:
             observations[k].append(obs[k])
@@ -105,13 +106,14 @@ def expert_pairs(env, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor
 def behaviour_clone(policy, obs: dict, actions: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> dict:
     """Fit the actor's mean to raw expert actions (MSE); the normaliser learns the expert's states."""
     policy.update_normalizers(obs)
+    group = policy.cfg.actor_obs
     params = list(policy.actor.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     first = last = None
-    for _ in range(steps):
+    for _ in track(range(steps), description="warm start: imitation", transient=True):
         idx = torch.randint(0, len(actions), (batch,), generator=gen)
-        mean = policy.mean_action({k: v[idx] for k, v in obs.items()})
+        mean = policy.mean_action({group: obs[group][idx]})
         loss = (mean - actions[idx]).pow(2).mean()
         opt.zero_grad()
         loss.backward()
