@@ -49,6 +49,8 @@ def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
             ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("env steps", fontsize=8)
+        if keys == "learning_rate":
+            ax.set_yscale("log")  # the warm-up's 1e-3 would flatten the PPO phase's 1e-6..1e-5 to zero
         if isinstance(keys, tuple):
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
