@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from rich.progress import track
 
+from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
 from rl.networks import MLPActorCritic, MLPPolicyConfig
 
@@ -41,8 +42,6 @@ def cube_blocks(spec, group: str) -> tuple[list[list[int]], list[int]]:
         blocks.append([cols[0][0], cols[-1][1]])
     rel = [t for t in spec.groups[group] if t.entity == cubes[0] and t.name == "rel"]
     if not rel:
-        from envs.base import ConfigError
-
         raise ConfigError(f"teacher.sort_cubes needs the cube_rel term in the {group!r} observation group; "
                           f"add it to env.observations.{group} or set teacher.sort_cubes=false")
     return blocks, [rel[0].start - blocks[0][0], rel[0].end - rel[0].start]
@@ -70,17 +69,11 @@ def load_teacher(path, env_name: str) -> dict:
     try:
         ckpt = torch.load(path, weights_only=True)
     except Exception as exc:
-        from envs.base import ConfigError
-
         raise ConfigError(f"{path} is not a readable teacher checkpoint ({type(exc).__name__}); "
                           f"re-run stage=teacher or point to another file") from exc
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
-        from envs.base import ConfigError
-
         raise ConfigError(f"{path} is not a teacher checkpoint of this project; re-run stage=teacher")
     if ckpt.get("env_name") != env_name:
-        from envs.base import ConfigError
-
         raise ConfigError(f"{path} was made for {ckpt.get('env_name')}, but this run uses {env_name}; "
                           f"pass env=... to match or train a teacher for {env_name}")
     return ckpt

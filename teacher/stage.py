@@ -87,12 +87,12 @@ def _run_ppo(cfg) -> dict:
         if t.warm_start.enabled and float(t.ppo.bc_coef) > 0:
             # the imitation term's expert pairs are not in the checkpoint; they are deterministic, so
             # rebuild them (before load: it restores the env state that this rollout changes)
-            runner.ppo.set_demonstrations(*expert_pairs(env, int(cfg.seed) + 211, int(t.warm_start.expert_steps)))
+            runner.ppo.set_demonstrations(*_expert_demonstrations(env, cfg))
         runner.load(load_teacher(path, env.cfg.name))
         print(f"[teacher] resuming {path} at iteration {runner.iteration}")
     elif t.warm_start.enabled:
         w = t.warm_start
-        obs, actions = expert_pairs(env, int(cfg.seed) + 211, int(w.expert_steps))
+        obs, actions = _expert_demonstrations(env, cfg)
         bc = behaviour_clone(policy, obs, actions, int(w.bc_steps), int(w.batch_size), float(w.learning_rate),
                              int(cfg.seed))
         logger.log(bc)
@@ -115,6 +115,11 @@ def _run_ppo(cfg) -> dict:
     _report(cfg, result, "ppo")
     return {"teacher_ckpt": str(path), "train_success_rate": last.get("success_rate"),
             "env_steps": last.get("env_steps"), **result}
+
+
+def _expert_demonstrations(env, cfg):
+    """The warm start's expert pairs; a resumed run rebuilds the same ones from the same seed."""
+    return expert_pairs(env, int(cfg.seed) + 211, int(cfg.teacher.warm_start.expert_steps))
 
 
 def _curriculum(c, env, seed: int) -> ReverseCurriculum | None:

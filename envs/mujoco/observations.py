@@ -54,6 +54,10 @@ class _TermCfg:
     occlude: bool
 
 
+def _sin_cos(angle: np.ndarray) -> np.ndarray:
+    return np.stack([np.sin(angle), np.cos(angle)], -1)
+
+
 def _term_values(name: str, f) -> np.ndarray:
     """Value of one term from the frame ``f``: (N, w) for gripper/base/task terms, (N, C, w) for cubes."""
     C = f.n_cubes
@@ -62,7 +66,7 @@ def _term_values(name: str, f) -> np.ndarray:
     if name == "gripper_yaw":
         return f.grip_yaw[:, None]
     if name == "gripper_heading":
-        return np.stack([np.sin(f.grip_yaw), np.cos(f.grip_yaw)], -1)
+        return _sin_cos(f.grip_yaw)
     if name == "gripper_opening":
         return f.fingers.sum(1, keepdims=True)
     if name == "gripper_vel":
@@ -74,11 +78,9 @@ def _term_values(name: str, f) -> np.ndarray:
     if name == "cube_rel":
         return f.obj_pos[:, :C] - f.grip_pos[:, None, :]
     if name == "cube_yaw":
-        y = 4.0 * f.obj_yaw[:, :C]
-        return np.stack([np.sin(y), np.cos(y)], -1)
+        return _sin_cos(4.0 * f.obj_yaw[:, :C])
     if name == "cube_yaw_rel":
-        y = 4.0 * (f.obj_yaw[:, :C] - f.grip_yaw[:, None])
-        return np.stack([np.sin(y), np.cos(y)], -1)
+        return _sin_cos(4.0 * (f.obj_yaw[:, :C] - f.grip_yaw[:, None]))
     if name == "cube_vel":
         return f.obj_vel[:, :C]
     if name == "cube_size":
