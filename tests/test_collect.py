@@ -330,3 +330,23 @@ def test_a_commit_torn_between_its_new_shape_and_its_values_is_repaired(tmp_path
     for i, ep in enumerate(episodes):
         assert np.array_equal(reopened.episode(i)["action"], ep["action"])
     assert list(reopened.episode_meta()["seed"]) == [0, 1, 2, 3]
+
+
+def test_journal_arrays_are_the_bytes_np_save_writes():
+    """The journal's lean .npy encoder must stay readable by np.load: same bytes as np.save for C-order
+    arrays (the record types the store writes), the same values for the rest."""
+    import io
+
+    from datasets.journal import npy_bytes
+
+    record = np.zeros((), dtype=[("seed", "<u8"), ("changed", "?"), ("yaw", "<f4")])
+    record["seed"] = 2**63 + 5
+    cases = [np.arange(12, dtype=np.float32).reshape(3, 4), record, np.array([True, False]),
+             np.zeros((0, 5)), np.array(7, np.int16), np.arange(6.0).reshape(2, 3)]
+    for array in cases:
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        assert npy_bytes(array) == buf.getvalue(), array.dtype
+    for array in (np.arange(12.0).reshape(3, 4).T, np.arange(10, dtype=np.int16)[::3]):
+        loaded = np.load(io.BytesIO(npy_bytes(array)), allow_pickle=False)
+        assert loaded.dtype == array.dtype and np.array_equal(loaded, array)
