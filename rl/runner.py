@@ -39,8 +39,12 @@ class RunnerConfig:
 class OnPolicyRunner:
     def __init__(self, env, policy, ppo_cfg: PPOConfig, cfg: RunnerConfig, logger=None,
                  on_reset: Callable[[object, torch.Tensor, torch.Tensor], bool] | None = None,
-                 checkpoint_meta: dict | None = None):
+                 checkpoint_meta: dict | None = None, selector=None):
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
+        # selector: due(iteration, last) -> bool and consider(iteration, policy) -> dict of metrics,
+        # called before the first update and after due ones, keeps the best weights by its own
+        # measure (teacher/selection.py); state_dict()/load_state_dict() for resume.
+        self.selector = selector
         # on_reset(env, ids, success): told which episodes just ended and whether they succeeded, it may
         # set the state of those freshly reset envs (e.g. expert states) and returns True if it did.
         # Optional methods: stats() -> dict merged into the metrics; state_dict()/load_state_dict() for resume.
@@ -113,6 +117,9 @@ class OnPolicyRunner:
                 self.env.episode_length_buf = torch.randint(0, self.env.max_episode_length, (self.env.num_envs,),
                                                             generator=g)
         last: dict = {}
+        selection: dict = {}
+        if self.selector is not None and self.iteration == 0 and self.selector.due(0, total):
+            selection = {"selection_iteration": 0, **self.selector.consider(0, self.policy)}
         columns = [TextColumn("[bold]PPO[/] it {task.completed}/{task.total}"), BarColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
         with Progress(*columns, disable=not progress) as bar:
@@ -130,7 +137,11 @@ class OnPolicyRunner:
                 self.storage.clear()
                 t2 = time.perf_counter()
                 self.iteration += 1
-                last = self._metrics(rollout_stats, update_stats, t1 - t0, t2 - t0)
+                if self.selector is not None and self.selector.due(self.iteration, total):
+                    selection = {"selection_iteration": self.iteration,
+                                 **self.selector.consider(self.iteration, self.policy)}
+                last = {**self._metrics(rollout_stats, update_stats, t1 - t0, t2 - t0), **selection}
+                selection = {}
                 if self.logger is not None:
                     self.logger.log(last, step=self.iteration)
                 bar.update(task, completed=self.iteration,
@@ -171,6 +182,7 @@ class OnPolicyRunner:
             "episodes": [list(e) for e in self.episodes],
             "env_state": self.env.get_state(),
             "on_reset": self.on_reset.state_dict() if hasattr(self.on_reset, "state_dict") else None,
+            "selector": self.selector.state_dict() if self.selector is not None else None,
         }
 
     def save(self, path: Path) -> None:
@@ -190,5 +202,7 @@ class OnPolicyRunner:
         self.episodes = deque([tuple(e) for e in ckpt["episodes"]], maxlen=self.cfg.episode_window)
         if ckpt.get("on_reset") is not None and hasattr(self.on_reset, "load_state_dict"):
             self.on_reset.load_state_dict(ckpt["on_reset"])
+        if ckpt.get("selector") is not None and self.selector is not None:
+            self.selector.load_state_dict(ckpt["selector"])
         self.env.set_state(torch.arange(self.env.num_envs), ckpt["env_state"])
         self.obs = self.env.get_observations()

@@ -48,12 +48,14 @@ def cube_blocks(spec, group: str) -> tuple[list[list[int]], list[int]]:
 
 
 class PolicyTeacher:
-    """A trained PPO teacher acting with its mean action (the injected failures supply the variety)."""
+    """A trained PPO teacher acting with its mean action (the injected failures supply the variety):
+    the weights the teacher stage selected by closed-loop success if it selected (teacher.select),
+    else the last ones."""
 
     def __init__(self, ckpt: dict | None = None, policy: MLPActorCritic | None = None):
         if policy is None:
             policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
-            policy.load_state_dict(ckpt["model"])
+            policy.load_state_dict((ckpt.get("selected") or ckpt)["model"])
         self.policy = policy.eval()
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from teacher.curriculum import ReverseCurriculum, expert_state_pool
 from teacher.ppo_teacher import PolicyTeacher, behaviour_clone, build_policy, expert_pairs, load_teacher
+from teacher.selection import BestCheckpoint
 
 
 def run(cfg) -> dict:
@@ -75,6 +76,10 @@ def _run_ppo(cfg) -> dict:
     logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project,
                            config=OmegaConf.to_container(cfg, resolve=True))
     meta = {"kind": "ppo_mlp", "env_name": env.cfg.name, "env_cfg": env_cfg, "obs_spec": env.obs_spec.to_dict()}
+    every = int(t.select.every)
+    n_select = int(t.select.episodes)
+    selector = BestCheckpoint(lambda: make_env({**env_cfg, "num_envs": min(n_select, 64)}), every, n_select,
+                              int(cfg.seed)) if every > 0 else None
     runner = OnPolicyRunner(env, policy, PPOConfig(**OmegaConf.to_container(t.ppo)),
                             RunnerConfig(num_steps_per_env=int(t.steps_per_env), num_iterations=int(t.iterations),
                                          seed=int(cfg.seed), save_every=int(t.save_every),
@@ -82,7 +87,7 @@ def _run_ppo(cfg) -> dict:
                                          if t.warm_start.enabled else 0,
                                          actor_start_learning_rate=float(t.warm_start.ppo_learning_rate)
                                          if t.warm_start.enabled else None),
-                            logger=logger, on_reset=on_reset, checkpoint_meta=meta)
+                            logger=logger, on_reset=on_reset, checkpoint_meta=meta, selector=selector)
     if resume:
         if t.warm_start.enabled and float(t.ppo.bc_coef) > 0:
             # the imitation term's expert pairs are not in the checkpoint; they are deterministic, so
@@ -108,8 +113,23 @@ def _run_ppo(cfg) -> dict:
 
     plots = plot(load(run_dir(cfg) / "metrics.jsonl", "teacher"), run_dir(cfg) / "plots", "teacher")
     print(f"[teacher] training curves: {', '.join(str(p) for p in plots)}")
-    result = evaluate_ppo_teacher(cfg, policy, env_cfg)
     ckpt = torch.load(path, weights_only=True)
+    extra = {}
+    if selector is not None:
+        selector.close()
+        best = selector.best
+        if best["iteration"] != runner.iteration:
+            extra["last_iteration_success_rate"] = evaluate_ppo_teacher(cfg, policy, env_cfg)["success_rate"]
+            policy.load_state_dict(best["model"])
+        extra.update(selected_iteration=best["iteration"], selection_success_rate=best["success_rate"])
+        # what PolicyTeacher acts with; "model" stays the last weights, which a resume continues from
+        ckpt["selected"] = {"iteration": best["iteration"], "success_rate": best["success_rate"],
+                            "model": best["model"]}
+        print(f"[teacher] selected the weights of iteration {best['iteration']} (success {best['success_rate']:.1%} "
+              f"on {selector.episodes} selection episodes, seeded apart from the evaluation below)"
+              + (f"; the last iteration's weights: {extra['last_iteration_success_rate']:.1%} in the evaluation"
+                 if "last_iteration_success_rate" in extra else ""))
+    result = {**evaluate_ppo_teacher(cfg, policy, env_cfg), **extra}
     ckpt["eval"] = result
     torch.save(ckpt, path)
     _report(cfg, result, "ppo")

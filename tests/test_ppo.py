@@ -281,3 +281,33 @@ def test_nearest_first_makes_the_teacher_indifferent_to_the_cube_numbering(make)
                                      policy.act_inference(obs)[0], atol=1e-6)
         same_value = torch.allclose(policy.value({"privileged": swapped}), policy.value(obs), atol=1e-6)
         assert same_action == sort and same_value == sort
+
+
+def test_selection_keeps_the_best_weights_by_closed_loop_success_and_survives_a_checkpoint(tmp_path):
+    from common.evaluate import evaluate
+    from teacher.selection import BestCheckpoint
+
+    def selector():
+        return BestCheckpoint(lambda: PointReach(num_envs=32, horizon=30), every=5, episodes=32, seed=0)
+
+    torch.manual_seed(0)
+    env = PointReach(num_envs=64, horizon=30, seed=0)
+    runner = OnPolicyRunner(env, tiny_policy(), PPOConfig(), RunnerConfig(num_steps_per_env=16, num_iterations=20,
+                                                                            seed=0), selector=selector())
+    runner.learn(checkpoint_path=tmp_path / "ckpt.pt", progress=False)
+    history, best = runner.selector.history, runner.selector.best
+    assert [it for it, _ in history] == [0, 5, 10, 15, 20]
+    rates = [rate for _, rate in history]
+    assert best["success_rate"] == max(rates) > rates[0]  # learning happened and was kept
+    assert best["iteration"] == history[rates.index(max(rates))][0]  # ties: the earliest
+    # the kept weights are a copy of that iteration's, not the live ones: replaying them gives its number
+    kept = tiny_policy()
+    kept.load_state_dict(best["model"])
+    with torch.no_grad():
+        replay = evaluate(PointReach(num_envs=32, horizon=30), lambda o: kept.act_inference(o)[0], lambda d: None,
+                          32, seed=runner.selector.seed, progress=False)
+    assert replay["success_rate"] == best["success_rate"]
+    resumed = OnPolicyRunner(PointReach(num_envs=64, horizon=30), tiny_policy(), PPOConfig(),
+                             RunnerConfig(num_steps_per_env=16, num_iterations=20), selector=selector())
+    resumed.load(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert resumed.selector.history == history and resumed.selector.best["iteration"] == best["iteration"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from envs.base import ConfigError
-from teacher.ppo_teacher import load_teacher
+from teacher.ppo_teacher import PolicyTeacher, load_teacher
 from tests.conftest import ROOT
 from tests.test_pipeline import pipeline
 
@@ -79,3 +79,23 @@ def test_resume_with_the_imitation_term_equals_an_uninterrupted_run(tmp_path):
     assert a[-1]["imitation_loss"] > 0
     for x, y in zip(a, b):
         assert {k: x[k] for k in keys} == {k: y[k] for k in keys}
+
+
+def test_selection_delivers_the_selected_weights_and_reports_both(tmp_path):
+    run = tmp_path / "run"
+    r = pipeline("stage=teacher", *TINY, "teacher.iterations=2", "teacher.select.every=1", "teacher.select.episodes=4",
+                 f"run_dir={run}")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(run / "teacher.pt", weights_only=True)
+    history = ckpt["selector"]["history"]
+    assert [it for it, _ in history] == [0, 1, 2]
+    selected = ckpt["selected"]
+    rates = [rate for _, rate in history]
+    assert selected["iteration"] == rates.index(max(rates)) and selected["success_rate"] == max(rates)
+    result = json.loads((run / "teacher_eval.json").read_text())
+    assert result["selected_iteration"] == selected["iteration"]
+    assert ("last_iteration_success_rate" in result) == (selected["iteration"] != 2)
+    teacher = PolicyTeacher(ckpt)  # what collection acts with
+    for name, value in teacher.policy.state_dict().items():
+        assert torch.equal(value, selected["model"][name]), name
+    assert [m["selection_iteration"] for m in rows(run)] == [1, 2]

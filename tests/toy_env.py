@@ -39,6 +39,13 @@ class PointReach:
         self._reset(torch.arange(self.num_envs))
         return self._obs()
 
+    def get_state(self):
+        """(N, 4): position, step count and return so far (the generator is not per env)."""
+        return torch.cat([self.pos, self.steps[:, None].float(), self.ret[:, None]], 1)
+
+    def set_state(self, ids, state):
+        self.pos[ids], self.steps[ids], self.ret[ids] = state[ids, :2], state[ids, 2].long(), state[ids, 3]
+
     def get_observations(self):
         return self._obs()
 
@@ -53,7 +60,10 @@ class PointReach:
         done = success | time_outs
         obs = self._obs()
         extras = {"time_outs": time_outs, "success": success, "final_obs": {k: v.clone() for k, v in obs.items()},
-                  "episode": {"return": self.ret.clone(), "length": self.steps.clone().float()}}
+                  "episode": {"return": self.ret.clone(), "length": self.steps.clone().float(),
+                              "attempts": torch.ones(self.num_envs, dtype=torch.long)},
+                  "failure": {"object_lost": torch.zeros(self.num_envs, dtype=torch.bool),
+                              "sim_unstable": torch.zeros(self.num_envs, dtype=torch.bool)}}
         ids = torch.nonzero(done).flatten()
         if len(ids):
             self._reset(ids)
