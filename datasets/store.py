@@ -47,7 +47,9 @@ REJECT_REASONS = ("never_succeeded", "object_lost", "sim_unstable", "no_contact"
 
 
 def _compressor():
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    # zstd level 1: on a Lift store, 2.5x less CPU than level 3 for 6% more bytes (ratio 2.78 vs 2.95;
+    # lz4 2.29); the fold compresses in the background on the cores collection uses.
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
 def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:
