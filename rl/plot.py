@@ -2,7 +2,8 @@
 
 Writes ``<stage>_training.png`` (success, return, episode length, losses, KL, clip fraction,
 learning rate, entropy and action spread, explained variance, Var(R), throughput, and with the
-teacher's curriculum the success of fresh and expert starts and the frontier) and
+teacher's curriculum the success of fresh and expert starts and the frontier, with its selection
+the deterministic success at each evaluation) and
 ``<stage>_gradients.png`` (per-layer gradient L2 and max norms) so a user without wandb sees the run.
 """
 
@@ -28,6 +29,7 @@ PANELS = [
     ("actions_outside_bounds", "share of actions outside [-1, 1]"),
     (("fresh_success_rate", "expert_start_success_rate", "band_success_rate"), "curriculum: success by start"),
     ("curriculum_frontier", "curriculum frontier (steps to go)"),
+    (("selection_success_rate", "selected_success_rate"), "selection: deterministic success (fresh starts)"),
 ]
 
 
@@ -41,12 +43,15 @@ def load(path: Path, stage: str) -> list[dict]:
 def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     x = [r["env_steps"] for r in rows]
-    fig, axes = plt.subplots(4, 4, figsize=(16, 12))
-    panels = [(keys, title) for keys, title in PANELS  # the curriculum's panels only when it ran
-              if any(k in rows[0] for k in (keys if isinstance(keys, tuple) else (keys,)))]
+    panels = [(keys, title) for keys, title in PANELS  # the curriculum's and selection's panels only when they ran
+              if any(k in r for r in rows for k in (keys if isinstance(keys, tuple) else (keys,)))]
+    n_rows = -(-len(panels) // 4)
+    fig, axes = plt.subplots(n_rows, 4, figsize=(16, 3 * n_rows), squeeze=False)
     for ax, (keys, title) in zip(axes.flat, panels):
         for key in (keys if isinstance(keys, tuple) else (keys,)):
-            ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key)
+            points = [(xv, r[key]) for xv, r in zip(x, rows) if key in r]
+            # metrics logged only on some iterations (the selection's evaluations) get markers
+            ax.plot(*zip(*points), "o-" if len(points) < len(rows) else "-", label=key, markersize=3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("env steps", fontsize=8)
         if keys == "learning_rate":

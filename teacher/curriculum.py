@@ -148,9 +148,12 @@ class ReverseCurriculum:
 
     def stats(self) -> dict:
         rate = (lambda d: float(np.mean(d)) if d else float("nan"))  # nan: nothing booked yet
-        return {"curriculum_frontier": self.frontier, "curriculum_longest": self.longest,
-                "fresh_success_rate": rate(self.fresh_outcomes), "expert_start_success_rate": rate(self.expert_outcomes),
-                "band_success_rate": rate(self.band_outcomes), "curriculum_expert_share": self.expert_share()}
+        out = {"fresh_success_rate": rate(self.fresh_outcomes), "expert_start_success_rate": rate(self.expert_outcomes),
+               "curriculum_expert_share": self.expert_share()}
+        if self.adaptive:  # uniform starts have no frontier (it sat at the longest episode, a flat line)
+            out.update(curriculum_frontier=self.frontier, curriculum_longest=self.longest,
+                       band_success_rate=rate(self.band_outcomes))
+        return out
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "frontier": self.frontier, "started_from": self.started_from.clone(),
