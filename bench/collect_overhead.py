@@ -1,8 +1,8 @@
 """Collection with writing to zarr against the same rollouts without writing, in one run.
 
 Both runs use the scripted teacher on the same env, seed and episode count, so they play identical
-rollouts; the only difference is the store. Also reports resident memory after 100 and after all
-episodes of the writing run (memory must stay flat as the store grows).
+rollouts; the only difference is the store. Also reports resident memory after 100, 1000 and all
+episodes of the first run with and without writing (memory must stay flat as the store grows).
 
     python bench/collect_overhead.py [--env lift] [--episodes 1000]
 
@@ -124,7 +124,7 @@ def main() -> None:
     # share is also given in CPU time.
     wall: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
-    rss: dict = {}
+    rss: dict = {}  # after N episodes, with and without writing (the first repeat)
     blocking: list[float] = []  # share of each writing run spent waiting inside the store
     for repeat in range(a.repeats):
         for write in (False, True):
@@ -134,8 +134,8 @@ def main() -> None:
             cpu[write].append(cpu_s)
             if write:
                 blocking.append(measured.pop("blocking_s") / elapsed)
-            if write and repeat == 0:
-                rss = measured
+            if repeat == 0:
+                rss["with" if write else "without"] = measured
     t_without, t_with = min(wall[False]), min(wall[True])
     c_without, c_with = min(cpu[False]), min(cpu[True])
     ours, baseline = a.episodes / t_with, a.episodes / t_without
@@ -145,7 +145,7 @@ def main() -> None:
     print(f"  cpu:  without writing {c_without:6.1f} s   with writing {c_with:6.1f} s   writing share "
           f"{(c_with - c_without) / c_with:.1%}")
     print(f"  time collection waits inside the store: {min(blocking):.1%} to {max(blocking):.1%} of the writing runs")
-    print(f"  RSS with writing: {rss} MiB (after N episodes)")
+    print(f"  RSS after N episodes, MiB: with writing {rss['with']}, without {rss['without']}")
     result = {"bench": "collect_overhead", "env": a.env, "episodes": a.episodes, "ours": ours, "baseline": baseline,
               "ratio": ours / baseline, "write_share": (t_with - t_without) / t_with,
               "write_share_cpu": (c_with - c_without) / c_with,

@@ -24,6 +24,8 @@ to ~50 zarr arrays cost 170-240 ms per episode, several times the collection its
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +52,23 @@ def _compressor():
     # zstd level 1: on a Lift store, 2.5x less CPU than level 3 for 6% more bytes (ratio 2.78 vs 2.95;
     # lz4 2.29); the fold compresses in the background on the cores collection uses.
     return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+
+def _release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS after a fold (glibc only; elsewhere a no-op). Each fold
+    allocates tens of MB in the arenas of zarr's threads, and glibc kept them: RSS rose from 331 MiB
+    at 1000 Lift episodes to 384 at 5000 while Python's own objects stayed at ~4 MiB."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:
@@ -284,6 +303,7 @@ class EpisodeStore:
                                   for name, arr in self._arrays("meta/rejected")])
         for path in journals:
             path.unlink(missing_ok=True)
+        _release_free_memory()
 
     def _replay_journal(self) -> None:
         """Fold in what a killed writer journaled but did not commit; drop what it already committed."""
