@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 PANELS = [
     ("success_rate", "success rate"), ("mean_return", "mean episode return"),
     ("mean_episode_length", "mean episode length"), ("value_loss", "value loss"),
-    ("policy_loss", "policy loss"), ("explained_variance", "explained variance"),
+    ("policy_loss", "policy loss"), ("imitation_loss", "imitation term (bc_coef x MSE to the expert)"), ("explained_variance", "explained variance"),
     ("kl", "KL(old || new)"), ("clip_fraction", "clip fraction"), ("learning_rate", "learning rate"),
     (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
     ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),
@@ -43,8 +43,10 @@ def load(path: Path, stage: str) -> list[dict]:
 def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     x = [r["env_steps"] for r in rows]
-    panels = [(keys, title) for keys, title in PANELS  # the curriculum's and selection's panels only when they ran
-              if any(k in r for r in rows for k in (keys if isinstance(keys, tuple) else (keys,)))]
+    def ran(key):  # the curriculum's, selection's and imitation term's panels only when they ran
+        return any(r.get(key) for r in rows) if key == "imitation_loss" else any(key in r for r in rows)
+
+    panels = [(keys, title) for keys, title in PANELS if any(map(ran, keys if isinstance(keys, tuple) else (keys,)))]
     n_rows = -(-len(panels) // 4)
     fig, axes = plt.subplots(n_rows, 4, figsize=(16, 3 * n_rows), squeeze=False)
     for ax, (keys, title) in zip(axes.flat, panels):
