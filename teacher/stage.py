@@ -114,27 +114,34 @@ def _run_ppo(cfg) -> dict:
     plots = plot(load(run_dir(cfg) / "metrics.jsonl", "teacher"), run_dir(cfg) / "plots", "teacher")
     print(f"[teacher] training curves: {', '.join(str(p) for p in plots)}")
     ckpt = torch.load(path, weights_only=True)
-    extra = {}
-    if selector is not None:
-        selector.close()
-        best = selector.best
-        if best["iteration"] != runner.iteration:
-            extra["last_iteration_success_rate"] = evaluate_ppo_teacher(cfg, policy, env_cfg)["success_rate"]
-            policy.load_state_dict(best["model"])
-        extra.update(selected_iteration=best["iteration"], selection_success_rate=best["success_rate"])
-        # what PolicyTeacher acts with; "model" stays the last weights, which a resume continues from
-        ckpt["selected"] = {"iteration": best["iteration"], "success_rate": best["success_rate"],
-                            "model": best["model"]}
-        print(f"[teacher] selected the weights of iteration {best['iteration']} (success {best['success_rate']:.1%} "
-              f"on {selector.episodes} selection episodes, seeded apart from the evaluation below)"
-              + (f"; the last iteration's weights: {extra['last_iteration_success_rate']:.1%} in the evaluation"
-                 if "last_iteration_success_rate" in extra else ""))
+    extra = _deliver_selected(cfg, selector, runner.iteration, policy, env_cfg, ckpt) if selector else {}
     result = {**evaluate_ppo_teacher(cfg, policy, env_cfg), **extra}
     ckpt["eval"] = result
     torch.save(ckpt, path)
     _report(cfg, result, "ppo")
     return {"teacher_ckpt": str(path), "train_success_rate": last.get("success_rate"),
             "env_steps": last.get("env_steps"), **result}
+
+
+def _deliver_selected(cfg, selector: BestCheckpoint, last_iteration: int, policy, env_cfg: dict, ckpt: dict) -> dict:
+    """Load the selected weights into ``policy`` and into ``ckpt["selected"]`` (what PolicyTeacher acts
+    with; ``ckpt["model"]`` stays the last weights, which a resume continues from). Returns the
+    selection's numbers for the evaluation summary, with the last weights' success if they differ."""
+    selector.close()
+    best = selector.best
+    if best is None:  # a resumed run that had no iteration left to evaluate
+        return {}
+    extra = {}
+    if best["iteration"] != last_iteration:
+        extra["last_iteration_success_rate"] = evaluate_ppo_teacher(cfg, policy, env_cfg)["success_rate"]
+        policy.load_state_dict(best["model"])
+    extra.update(selected_iteration=best["iteration"], selection_success_rate=best["success_rate"])
+    ckpt["selected"] = {"iteration": best["iteration"], "success_rate": best["success_rate"], "model": best["model"]}
+    print(f"[teacher] selected the weights of iteration {best['iteration']} (success {best['success_rate']:.1%} "
+          f"on {selector.episodes} selection episodes, seeded apart from the evaluation below)"
+          + (f"; the last iteration's weights: {extra['last_iteration_success_rate']:.1%} in the evaluation"
+             if "last_iteration_success_rate" in extra else ""))
+    return extra
 
 
 def _expert_demonstrations(env, cfg):
