@@ -27,6 +27,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import datetime
+import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,21 +55,21 @@ def _compressor():
     return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def _release_free_memory() -> None:
     """Hand the heap's free pages back to the OS after a fold (glibc only; elsewhere a no-op). Each fold
     allocates tens of MB in the arenas of zarr's threads, and glibc kept them: RSS rose from 331 MiB
     at 1000 Lift episodes to 384 at 5000 while Python's own objects stayed at ~4 MiB."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:

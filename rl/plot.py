@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 PANELS = [
     ("success_rate", "success rate"), ("mean_return", "mean episode return"),
     ("mean_episode_length", "mean episode length"), ("value_loss", "value loss"),
-    ("policy_loss", "policy loss"), ("imitation_loss", "imitation term (bc_coef x MSE to the expert)"), ("explained_variance", "explained variance"),
+    ("policy_loss", "policy loss"), ("imitation_loss", "imitation term (bc_coef x MSE to the expert)"),
+    ("explained_variance", "explained variance"),
     ("kl", "KL(old || new)"), ("clip_fraction", "clip fraction"), ("learning_rate", "learning rate"),
     (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
     ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),

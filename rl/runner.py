@@ -119,7 +119,7 @@ class OnPolicyRunner:
         last: dict = {}
         selection: dict = {}
         if self.selector is not None and self.iteration == 0 and self.selector.due(0, total):
-            selection = {"selection_iteration": 0, **self.selector.consider(0, self.policy)}
+            selection = self.selector.consider(0, self.policy)
         columns = [TextColumn("[bold]PPO[/] it {task.completed}/{task.total}"), BarColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
         with Progress(*columns, disable=not progress) as bar:
@@ -138,8 +138,7 @@ class OnPolicyRunner:
                 t2 = time.perf_counter()
                 self.iteration += 1
                 if self.selector is not None and self.selector.due(self.iteration, total):
-                    selection = {"selection_iteration": self.iteration,
-                                 **self.selector.consider(self.iteration, self.policy)}
+                    selection = self.selector.consider(self.iteration, self.policy)
                 last = {**self._metrics(rollout_stats, update_stats, t1 - t0, t2 - t0), **selection}
                 selection = {}
                 if self.logger is not None:

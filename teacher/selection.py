@@ -50,7 +50,8 @@ class BestCheckpoint:
         if self.best is None or rate > self.best["success_rate"]:
             self.best = {"iteration": iteration, "success_rate": rate,
                          "model": copy.deepcopy(policy.state_dict())}
-        return {"selection_success_rate": rate, "selected_iteration": self.best["iteration"],
+        return {"selection_iteration": iteration, "selection_success_rate": rate,
+                "selected_iteration": self.best["iteration"],
                 "selected_success_rate": self.best["success_rate"]}
 
     def close(self) -> None:
