@@ -43,6 +43,12 @@ class MLPPolicyConfig:
     sort_key: list[int] = field(default_factory=list)
 
 
+def split_parameters(policy: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(actor's, critic's) parameters by the interface's naming: the log-std is the actor's."""
+    named = list(policy.named_parameters())
+    return ([p for n, p in named if not n.startswith("critic")], [p for n, p in named if n.startswith("critic")])
+
+
 def nearest_first(x: torch.Tensor, blocks: list[list[int]], key: list[int]) -> torch.Tensor:
     """``x`` (..., D) with its entity blocks (equal widths, contiguous) sorted by the norm of each
     block's key columns, smallest first. An MLP over a fixed cube0, cube1, ... layout must learn an

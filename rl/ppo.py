@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rl.networks import split_parameters
 from rl.storage import RolloutStorage
 
 
@@ -68,8 +69,7 @@ class PPO:
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
         self.generator = generator
         # Clipped apart (see update); the policy interface names the critic's parameters "critic*".
-        self.actor_params = [p for name, p in policy.named_parameters() if not name.startswith("critic")]
-        self.critic_params = [p for name, p in policy.named_parameters() if name.startswith("critic")]
+        self.actor_params, self.critic_params = split_parameters(policy)
         self.demo_obs: dict | None = None
         self.demo_actions: torch.Tensor | None = None
         self.actor_updates = 0
@@ -95,9 +95,14 @@ class PPO:
         """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
         pretrained actor: a fresh critic's advantages would otherwise wreck the actor first)."""
         cfg = self.cfg
-        sums: dict[str, float] = {}
-        grad_l2: dict[str, float] = {}
-        grad_max: dict[str, float] = {}
+        named = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
+        # Statistics stay on the device as tensors and are fetched once per update: an .item() per
+        # parameter and minibatch is a host sync each, which costs a lot on a GPU.
+        sums: dict[str, torch.Tensor] = {}
+        device = named[0][1].device
+        grad_l2 = torch.zeros(len(named), device=device)  # (P,) summed over minibatches
+        grad_max = torch.zeros(len(named), device=device)  # (P,) max over minibatches
+        has_grad = [False] * len(named)
         n_batches = 0
         adv_mean, adv_std = storage.advantages.mean(), storage.advantages.std() + 1e-8
         for batch in storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
@@ -107,9 +112,10 @@ class PPO:
             entropy = dist.entropy().sum(-1).mean()
 
             with torch.no_grad():
-                kl = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean().item()
+                kl_t = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean()
             if cfg.schedule == "adaptive" and update_actor:
-                self.set_learning_rate(adapt_learning_rate(self.learning_rate, kl, cfg))
+                # the one host sync per minibatch that the schedule needs (as rsl_rl)
+                self.set_learning_rate(adapt_learning_rate(self.learning_rate, kl_t.item(), cfg))
 
             ratio = torch.exp(log_probs - batch["log_probs"])  # (B,)
             surrogate = -advantages * ratio
@@ -135,10 +141,12 @@ class PPO:
                                      f"no checkpoint written")
             self.optimizer.zero_grad()
             loss.backward()
-            for name, p in self.policy.named_parameters():
-                if p.grad is not None:
-                    grad_l2[name] = grad_l2.get(name, 0.0) + p.grad.norm().item()
-                    grad_max[name] = max(grad_max.get(name, 0.0), p.grad.abs().max().item())
+            with torch.no_grad():  # before clipping: what each loss asked of each parameter
+                has_grad = [ok or p.grad is not None for ok, (_, p) in zip(has_grad, named)]
+                l2 = torch.stack([p.grad.norm() if p.grad is not None else p.new_zeros(()) for _, p in named])
+                mx = torch.stack([p.grad.abs().max() if p.grad is not None else p.new_zeros(()) for _, p in named])
+                grad_l2 += l2
+                grad_max = torch.maximum(grad_max, mx)
             # Actor and critic are clipped separately (as rsl_rl): one global norm let whichever
             # loss had the larger gradient shrink the other's step.
             actor_norm = nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
@@ -148,15 +156,20 @@ class PPO:
                 raise NonFiniteError("non-finite gradient in the PPO update; no checkpoint written")
             self.optimizer.step()
 
-            stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
-                     "kl": kl, "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean().item(),
-                     "grad_norm": total_norm.item(), "imitation_loss": 0.0 if imitation is None else imitation.item()}
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            with torch.no_grad():
+                stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "kl": kl_t,
+                         "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean(),
+                         "grad_norm": total_norm,
+                         "imitation_loss": loss.new_zeros(()) if imitation is None else imitation}
+                for k, v in stats.items():
+                    sums[k] = sums[k] + v if k in sums else v.detach().clone()
             n_batches += 1
-        out = {k: v / n_batches for k, v in sums.items()}
-        out.update({f"grad_l2/{k}": v / n_batches for k, v in grad_l2.items()})
-        out.update({f"grad_max/{k}": v for k, v in grad_max.items()})
+        keys = list(sums)
+        means = (torch.stack([sums[k] for k in keys]) / n_batches).tolist()  # one fetch for all statistics
+        out = dict(zip(keys, means))
+        l2_mean, mx_all, present = (grad_l2 / n_batches).tolist(), grad_max.tolist(), has_grad
+        out.update({f"grad_l2/{name}": v for (name, _), v, ok in zip(named, l2_mean, present) if ok})
+        out.update({f"grad_max/{name}": v for (name, _), v, ok in zip(named, mx_all, present) if ok})
         out["learning_rate"] = self.learning_rate
         self.actor_updates += int(update_actor)
         returns = storage.returns.flatten()

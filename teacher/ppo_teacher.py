@@ -17,7 +17,7 @@ from rich.progress import track
 
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert
-from rl.networks import MLPActorCritic, MLPPolicyConfig
+from rl.networks import MLPActorCritic, MLPPolicyConfig, split_parameters
 
 
 def build_policy(env, cfg) -> MLPActorCritic:
@@ -102,8 +102,7 @@ def behaviour_clone(policy, obs: dict, actions: torch.Tensor, steps: int, batch:
     """Fit the actor's mean to raw expert actions (MSE); the normaliser learns the expert's states."""
     policy.update_normalizers(obs)
     group = policy.cfg.actor_obs
-    params = list(policy.actor.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(split_parameters(policy)[0], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     first = last = None
     for _ in track(range(steps), description="warm start: imitation", transient=True):
