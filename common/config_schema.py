@@ -16,8 +16,9 @@ ranges are checked by ``parse_task_config``, the env's one validator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -84,7 +85,7 @@ class TeacherSchema:
     eval_episodes: int = count()
     # The PPO budget; here too so that a preset can set it whichever teacher is chosen. The scripted
     # expert does not train and ignores it.
-    iterations: Optional[int] = count(None)
+    iterations: int | None = count(None)
 
 
 @dataclass
@@ -166,33 +167,33 @@ class ScriptedTeacherSchema(TeacherSchema):
 
 @dataclass
 class CollectSchema:
-    teacher_ckpt: Optional[str] = MISSING
+    teacher_ckpt: str | None = MISSING
     num_episodes: int = count()
-    out: Optional[str] = MISSING
+    out: str | None = MISSING
     workers: int = count()
     flush_every: int = count()
     num_envs: int = count()
     max_attempts: int = count()
-    retry_share_target: Optional[float] = rate()
+    retry_share_target: float | None = rate()
     perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 
 @dataclass
 class BCSchema:
-    dataset: Optional[str] = MISSING
+    dataset: str | None = MISSING
     model: str = spec(choices=("transformer", "mlp"))
 
 
 @dataclass
 class FinetuneSchema:
-    init_ckpt: Optional[str] = MISSING
+    init_ckpt: str | None = MISSING
     critic: str = spec(choices=("shared", "privileged"))
     advantage: str = spec(choices=("gae", "group"))
 
 
 @dataclass
 class EvalSchema:
-    ckpt: Optional[str] = MISSING
+    ckpt: str | None = MISSING
     num_episodes: int = count()
 
 
@@ -253,7 +254,7 @@ def allowed_in(schema: Any, key: Any) -> str:
     return found.metadata["allowed"].describe() if found is not None and "allowed" in found.metadata else ""
 
 
-def explain(exc: BaseException, overrides: list[str] = (), prefix: str = "") -> str | None:
+def explain(exc: BaseException, overrides: Sequence[str] = (), prefix: str = "") -> str | None:
     """One line for the OmegaConf type or key error in ``exc``'s cause chain (None if there is none):
     Hydra's own message names the override, not the key, the value or what the key accepts."""
     err: BaseException | None = exc
