@@ -19,10 +19,13 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from common.config_schema import STAGE_ORDER, check_env, check_ranges, explain, register  # noqa: E402
+
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 STAGES = {"teacher": "teacher.stage", "collect": "collect.stage", "bc": "bc.stage",
           "finetune": "finetune.stage", "eval": "evaluation.stage"}
-ORDER = ["teacher", "collect", "bc", "finetune", "eval"]
+ORDER = list(STAGE_ORDER)
+register()  # the schema every yaml composes onto (configs/config.yaml's defaults name it)
 
 
 def bad_input(message: str) -> None:
@@ -31,34 +34,22 @@ def bad_input(message: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Everything that can be checked before any work starts; raises ConfigError."""
+    """Everything that can be checked before any work starts; raises ConfigError. Types and unknown
+    keys are Hydra's (the schema in common/config_schema.py); this adds the ranges and what spans keys."""
     from envs.base import ConfigError
-    from envs.mujoco.config import parse_task_config
 
-    if cfg.stage not in (*STAGES, "all"):
-        raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join([*ORDER, 'all'])}")
-    env = OmegaConf.to_container(cfg.env, resolve=True)
-    env.pop("simulator", None)
-    parse_task_config(env)
-    if cfg.logger.mode not in ("offline", "online", "disabled"):
-        raise ConfigError(f"logger.mode={cfg.logger.mode!r}; choose offline, online or disabled")
-    if cfg.bc.model not in ("transformer", "mlp"):
-        raise ConfigError(f"bc.model={cfg.bc.model!r}; choose transformer or mlp")
-    if cfg.finetune.critic not in ("shared", "privileged"):
-        raise ConfigError(f"finetune.critic={cfg.finetune.critic!r}; choose shared or privileged")
-    if not isinstance(cfg.collect.workers, int) or cfg.collect.workers < 1:
-        raise ConfigError(f"collect.workers={cfg.collect.workers!r} must be a positive integer")
+    check_ranges(cfg)
+    check_env(cfg.env, {"collect.perturbations": cfg.collect.perturbations,
+                        **({"teacher.train_perturbations": cfg.teacher.train_perturbations}
+                           if "train_perturbations" in cfg.teacher else {})})
     if cfg.collect.workers > 1 and cfg.collect.retry_share_target is not None:
         raise ConfigError("collect.retry_share_target needs collect.workers=1 (the quota is decided in episode "
                           "order, which parallel workers do not share)")
-    if cfg.teacher.kind not in ("ppo", "scripted"):
-        raise ConfigError(f"teacher.kind={cfg.teacher.kind!r}; choose teacher=ppo or teacher=scripted")
-    if cfg.finetune.advantage not in ("gae", "group"):
-        raise ConfigError(f"finetune.advantage={cfg.finetune.advantage!r}; choose gae or group")
 
 
 def precheck(overrides: list[str]) -> None:
-    """Compose the config before Hydra's own run so a bad override is one line and exit code 2."""
+    """Compose the config before Hydra's own run so a bad override is one line and exit code 2,
+    and nothing is written (Hydra's run makes the run directory)."""
     from hydra import compose, initialize_config_dir
 
     from envs.base import ConfigError
@@ -70,9 +61,12 @@ def precheck(overrides: list[str]) -> None:
         validate(cfg)
     except ConfigError as exc:
         bad_input(str(exc))
-    except Exception as exc:  # Hydra's composition errors: unknown group option, key, or syntax
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        bad_input(f"{first}; {_choices_hint(first)}")
+    except Exception as exc:  # Hydra's composition errors: a wrong type, unknown key, group option, or syntax
+        line = explain(exc, user)
+        if line is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            line = f"{first}; {_choices_hint(first)}"
+        bad_input(line)
 
 
 def _choices_hint(message: str) -> str:

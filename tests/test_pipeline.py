@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -25,6 +26,19 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
         assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["collect.num_episodes=-5"], "collect.num_episodes=-5 is out of range; allowed: >= 1"),
+    (["collect.num_episodes=abc"], "collect.num_episodes='abc' has the wrong type"),
+    (["+collect.foo=1"], "collect.foo is not a config key")])
+def test_a_bad_value_is_refused_before_any_stage_runs_and_writes_nothing(args, expected, tmp_path):
+    # the commands: they died with a ValueError traceback and exit code 1 inside the stage
+    run = tmp_path / "run"
+    r = pipeline("stage=collect", "teacher=scripted", *args, f"run_dir={run}", "logger.mode=disabled")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not run.exists()
 
 
 def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_overwrites(tmp_path):
