@@ -60,22 +60,42 @@ def test_same_seed_same_trajectory_different_seed_differs(make):
     assert not torch.equal(runs[0], runs[2])
 
 
-def test_get_set_state_round_trip_continues_identically(make):
+def test_get_set_state_round_trip_continues_identically_through_resets(make):
     actions = random_actions(4, 50, seed=3)
-    a = make("stack_pick_multi", num_envs=4, seed=5, **ALL_ON)
-    b = make("stack_pick_multi", num_envs=4, seed=99, **ALL_ON)
-    a.reset()
-    b.reset()
+    # short episodes: every env auto-resets after the copy, so the next episodes' seeds are covered too
+    a = make("stack_pick_multi", num_envs=4, seed=5, episode_length=12, **ALL_ON)
+    b = make("stack_pick_multi", num_envs=4, seed=99, episode_length=12, **ALL_ON)
+    a.reset(seed=5)
+    b.reset(seed=99)
     for act in actions[:20]:
         a.step(act)
     b.set_state(torch.arange(4), a.get_state())
     assert torch.equal(a.get_state(), b.get_state())
+    resets = torch.zeros(4, dtype=torch.long)
     for act in actions[20:]:
         oa, ra, da, ea = a.step(act)
         ob, rb, db, eb = b.step(act)
         assert torch.equal(oa["policy"], ob["policy"]) and torch.equal(oa["privileged"], ob["privileged"])
         assert torch.equal(ra, rb) and torch.equal(da, db)
         assert torch.equal(ea["attempt"], eb["attempt"])
+        resets += da
+    assert (resets >= 2).all()  # the copies drew the same fresh scenes, twice each
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_a_borrowed_state_keeps_the_envs_own_seed_stream(make):
+    demo = make("stack_pick_multi", num_envs=2, seed=5)
+    mine = make("stack_pick_multi", num_envs=2, seed=99)
+    twin = make("stack_pick_multi", num_envs=2, seed=99)  # the same env that never borrowed a state
+    for env, seed in ((demo, 5), (mine, 99), (twin, 99)):
+        env.reset(seed=seed)
+    for _ in range(3):
+        demo.step(torch.zeros(2, 5))
+    mine.set_state(torch.arange(2), demo.get_state(), keep_episode_counter=True)
+    assert mine.base_seeds.tolist() == [99, 99]  # the demo's episode, but the env's own seed stream
+    mine.reset_envs([0, 1])
+    twin.reset_envs([0, 1])
+    assert torch.equal(mine.get_state(), twin.get_state())  # the next scenes are the env's own
 
 
 def test_set_state_rejects_a_state_from_another_task(make):
