@@ -175,3 +175,18 @@ def test_relative_yaw_terms_agree_with_the_absolute_ones(make):
         rel = term(f"cube{c}", "yaw_rel")
         expected = torch.stack([s4c * (4 * g).cos() - c4c * (4 * g).sin(), c4c * (4 * g).cos() + s4c * (4 * g).sin()], 1)
         assert torch.allclose(rel, expected, atol=1e-5)
+
+
+def test_episode_length_buf_writes_in_place_and_by_assignment_reach_the_time_limit(make):
+    env = make("lift", num_envs=3, episode_length=5)
+    env.reset(seed=0)
+    env.episode_length_buf[1] = 4  # Isaac Lab style: an in-place write into the env's own buffer
+    _, _, done, extras = env.step(torch.zeros(3, 5))
+    assert extras["time_outs"].tolist() == [False, True, False] and done.tolist() == [False, True, False]
+    env.episode_length_buf = torch.tensor([4, 0, 3])  # rsl_rl style: assigning a fresh tensor
+    _, _, done, extras = env.step(torch.zeros(3, 5))
+    assert extras["time_outs"].tolist() == [True, False, False]
+    assert env.episode_length_buf.tolist() == [0, 1, 4]  # the reset and the steps show in the same buffer
+    env.set_state(torch.arange(3), env.get_state())
+    env.episode_length_buf[2] = 4
+    assert env.step(torch.zeros(3, 5))[3]["time_outs"].tolist() == [False, False, True]

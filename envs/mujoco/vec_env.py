@@ -80,6 +80,10 @@ class MujocoVecEnv:
         self.target = np.zeros((N, 4))  # x, y, z, yaw position targets of the arm servos
         self.st = {k: np.zeros(N) for k in self._SCALARS}
         self.st.update({k: np.zeros((N, O)) for k in self._PER_OBJECT})
+        # The step counter lives in a torch int64 tensor; st["step"] is its numpy view (shared memory),
+        # so Isaac Lab-style in-place writes to episode_length_buf reach the task logic. Never rebind it.
+        self._episode_length_buf = torch.zeros(N, dtype=torch.int64)
+        self.st["step"] = self._episode_length_buf.numpy()
         self._set_seed("base_seed", slice(None), int(cfg.seed))
         threads = cfg.num_threads or os.cpu_count() or 1
         # A few chunks per thread: a thread that drew cheap scenes takes more, so no core idles at the barrier.
@@ -110,12 +114,14 @@ class MujocoVecEnv:
 
     @property
     def episode_length_buf(self) -> torch.Tensor:
-        """Steps taken in the current episode, (N,); PPO may randomise it once to desynchronise resets."""
-        return torch.as_tensor(self.st["step"], dtype=torch.long)
+        """Steps taken in the current episode, (N,) int64 on the CPU: the env's own counter, so in-place
+        writes (``buf[ids] = k``) take effect; PPO may randomise it once to desynchronise resets."""
+        return self._episode_length_buf
 
     @episode_length_buf.setter
     def episode_length_buf(self, value) -> None:
-        self.st["step"][:] = np.asarray(torch.as_tensor(value).cpu(), dtype=np.float64)
+        # Copy into the buffer (rsl_rl assigns a fresh tensor): rebinding would split it from st["step"].
+        self._episode_length_buf[:] = torch.as_tensor(value).to(device="cpu", dtype=torch.int64)
 
     # ------------------------------------------------------------------ physics
     def _run_chunk(self, ids: np.ndarray) -> None:
