@@ -190,3 +190,16 @@ def test_episode_length_buf_writes_in_place_and_by_assignment_reach_the_time_lim
     env.set_state(torch.arange(3), env.get_state())
     env.episode_length_buf[2] = 4
     assert env.step(torch.zeros(3, 5))[3]["time_outs"].tolist() == [False, False, True]
+
+
+def test_derived_physics_constants_follow_the_drawn_mass(make):
+    light = make("lift", num_envs=1, cube={"mass": [0.05, 0.05]})
+    heavy = make("lift", num_envs=1, cube={"mass": [2.0, 2.0]})
+    b = heavy._body[0]
+    for env, mass in ((light, 0.05), (heavy, 2.0)):
+        env.reset(seed=0)
+        assert env.models[0].body_subtreemass[b] == pytest.approx(mass)  # the solver's view of the cube
+    assert heavy.models[0].body_invweight0[b, 0] < 0.1 * light.models[0].body_invweight0[b, 0]
+    assert heavy.models[0].dof_invweight0[heavy._vadr[0]] < 0.1 * light.models[0].dof_invweight0[light._vadr[0]]
+    light.set_state([0], heavy.get_state([0]))  # a restored state brings its constants along
+    assert light.models[0].body_invweight0[b, 0] == heavy.models[0].body_invweight0[b, 0]
