@@ -125,3 +125,17 @@ def test_success_bonus_does_not_shrink_towards_the_time_limit(make):
     bonus = cfg.reward.scale * (cfg.reward.success_bonus + dense_max * cfg.episode_length)
     for reward in success_rewards:  # the step's dense reward (at most dense_max) plus the same bonus
         assert bonus <= reward <= bonus + cfg.reward.scale * dense_max + 1e-4
+
+
+def test_which_cube_stays_static_is_uniform_over_the_cubes(make):
+    """3 cubes all drawn static, 2 must be liftable: the one left welded must not follow the index."""
+    env = make("stack_pick_multi", num_envs=1, cube={"static_prob": 1.0})
+    counts = np.zeros(3)
+    n = 600
+    for _ in range(n):
+        env.reset_envs([0])
+        static = env.st["static"][0, :3] > 0
+        assert static.sum() == 1
+        counts += static
+    # each cube 1/3 of the time; the binomial std is 0.019, old code left cube2 welded every time
+    assert np.abs(counts / n - 1 / 3).max() < 0.08, counts

@@ -232,11 +232,14 @@ class MujocoVecEnv:
         st["friction"][i] = lerp(cfg.cube.friction, u[1 + O: 1 + 2 * O])
         static = u[1 + 2 * O: 1 + 3 * O] < cfg.cube.static_prob
         static[C:] = False
-        liftable_needed = max(cfg.n_stack, 1)
-        for c in range(C):  # the env guarantees enough liftable cubes to solve the task
-            if (~static[:C]).sum() >= liftable_needed:
-                break
-            static[c] = False
+        missing = max(cfg.n_stack, 1) - int((~static[:C]).sum())
+        if missing > 0:  # the env guarantees enough liftable cubes to solve the task
+            # Free a uniformly drawn subset of the welded cubes, not the lowest indices: otherwise the
+            # cube's index alone would tell which cubes are likelier to lift. Own counter (1), so the
+            # other draws of the episode stay what they were.
+            key = rng.uniform(seed, np.ones(1, np.uint64), rng.HIDDEN, C)[0]
+            welded = np.nonzero(static[:C])[0]
+            static[welded[np.argsort(key[welded])[:missing]]] = False
         st["static"][i] = static
         if cfg.has_base:  # a heavier base stays where it is put
             st["mass"][i, C] = max(cfg.cube.mass[1], 0.3)
