@@ -203,3 +203,14 @@ def test_derived_physics_constants_follow_the_drawn_mass(make):
     assert heavy.models[0].dof_invweight0[heavy._vadr[0]] < 0.1 * light.models[0].dof_invweight0[light._vadr[0]]
     light.set_state([0], heavy.get_state([0]))  # a restored state brings its constants along
     assert light.models[0].body_invweight0[b, 0] == heavy.models[0].body_invweight0[b, 0]
+
+
+def test_a_built_env_is_ready_to_step_in_the_scenes_reset_draws(make):
+    env = make("stack_pick_multi", num_envs=4, seed=7, **ALL_ON)
+    built = env.get_observations()
+    built_state = env.get_state()
+    obs = env.reset(seed=7)
+    for group in ("policy", "privileged"):
+        assert torch.equal(built[group], obs[group])
+    assert torch.equal(built_state, env.get_state())
+    assert env.seeds.min() > 0  # episode seeds drawn, not the zero of an unsampled scene

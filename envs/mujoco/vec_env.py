@@ -91,6 +91,7 @@ class MujocoVecEnv:
         self._chunks = [c for c in np.array_split(np.arange(N), n_chunks) if len(c)]
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and N > 1 else None
         self._frame_cache = None
+        self.reset(seed=cfg.seed)  # ready to step once built: every env in its first scene, as reset() draws it
 
     # ------------------------------------------------------------------ seeds and state views
     def _seed(self, name: str) -> np.ndarray:
