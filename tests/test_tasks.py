@@ -3,31 +3,16 @@
 import numpy as np
 import torch
 
+from common.rollout import first_episodes
 from envs.scripted import ScriptedExpert
 
 
 def rollout(env, policy=None, steps=None, on_step=None):
-    """Run every env to the end of its first episode; returns per-env success and attempts."""
-    N = env.num_envs
-    obs = env.reset()
+    """Every env's first episode under the scripted expert (or ``policy``): per-env success and attempts.
+    ``on_step(extras, ended)`` sees each step (``ended``: envs whose first episode ended there)."""
     expert = ScriptedExpert.for_env(env)
-    expert.reset(torch.ones(N, dtype=torch.bool))
-    finished = np.zeros(N, bool)
-    success = np.zeros(N, bool)
-    attempts = np.zeros(N, int)
-    for _ in range(steps or env.max_episode_length):
-        action = expert.act(obs) if policy is None else policy(obs)
-        obs, _, done, extras = env.step(action)
-        expert.reset(done)
-        if on_step:
-            on_step(env, extras)
-        new = done.numpy() & ~finished
-        success[new] = extras["success"].numpy()[new]
-        attempts[new] = extras["episode"]["attempts"].numpy()[new]
-        finished |= done.numpy()
-        if finished.all():
-            break
-    return success, attempts
+    ep = first_episodes(env, policy or expert.act, expert.reset, seed=env.cfg.seed, max_steps=steps, on_step=on_step)
+    return ep["success"], ep["attempts"]
 
 
 def test_scripted_expert_solves_lift_and_random_policy_does_not(make):
@@ -53,15 +38,15 @@ def test_static_cube_does_not_move_when_lifted_and_gets_revealed(make):
     revealed_static = np.zeros(8, bool)
     finished = np.zeros(8, bool)
 
-    def watch(env, extras):
+    def watch(extras, ended):
         nonlocal static, start
         st = env.st
         if static is None:
             static = st["static"][:, :3] > 0
             start = np.stack([env._qpos[:, a: a + 3] for a in env._qadr[:3]], 1)
         pos = np.stack([env._qpos[:, a: a + 3] for a in env._qadr[:3]], 1)
-        alive = ~finished & ~extras["time_outs"].numpy() & ~extras["terminated"].numpy()  # first episode only
-        finished[:] |= ~alive
+        finished[:] |= ended
+        alive = ~finished  # first episode only
         moved = np.linalg.norm(pos - start, axis=2)
         max_move[alive] = np.maximum(max_move[alive], (moved * static).max(1)[alive])
         revealed_static[alive] |= ((st["revealed"][:, :3] > 0) & static).any(1)[alive]
@@ -77,7 +62,7 @@ def test_forced_drops_start_new_attempts(make):
     env = make("lift", num_envs=16, seed=4, perturbations={"drop_rate": 0.05, "drop_steps": 8})
     drops = np.zeros(16, int)
 
-    def count(env, extras):
+    def count(extras, ended):
         drops[:] += extras["perturbations"]["drop"].numpy()
 
     success, attempts = rollout(env, on_step=count)
@@ -103,7 +88,7 @@ def test_success_bonus_does_not_shrink_towards_the_time_limit(make):
     env = make("lift", num_envs=16, seed=4)
     success_rewards, lengths = [], []
 
-    def book(env, extras):
+    def book(extras, ended):
         done_ok = extras["success"].numpy()
         if done_ok.any():
             success_rewards.extend(last_reward[0][done_ok].tolist())
