@@ -140,10 +140,15 @@ def test_occluded_cube_terms_are_exactly_zero_and_masked(make):
 def test_bad_env_config_values_raise_config_error():
     from envs import make_env
 
-    for bad in (dict(num_envs=0), dict(task="juggle"), dict(hidden_view="psychic"),
-                dict(cube={"mass": [0.5, 0.1]}), dict(n_cubes=2), dict(occlusion={"rate": 2.0}),
-                dict(observations={"policy": {"cube_colour": {}}, "privileged": {}})):
-        with pytest.raises(ConfigError):
+    for bad, problem in ((dict(num_envs=0), "env.num_envs=0 must be a positive integer"),
+                         (dict(task="juggle"), "env.task='juggle' is not a task; choose one of"),
+                         (dict(hidden_view="psychic"), "env.hidden_view='psychic'; choose one of"),
+                         (dict(cube={"mass": [0.5, 0.1]}), r"env.cube.mass=\[0.5, 0.1\] must satisfy"),
+                         (dict(n_cubes=2), "env.n_cubes=2 but the lift task has exactly 1 cube"),
+                         (dict(occlusion={"rate": 2.0}), r"env.occlusion.rate=2.0 must be a probability"),
+                         (dict(observations={"policy": {"cube_colour": {}}, "privileged": {}}),
+                          "env.observations.policy.cube_colour is not a term; known terms")):
+        with pytest.raises(ConfigError, match=problem):
             make_env(env_config("lift", **bad))
 
 

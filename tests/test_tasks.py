@@ -73,9 +73,26 @@ def test_forced_drops_start_new_attempts(make):
 
 def test_revealed_view_hides_properties_until_a_lift(make):
     env = make("stack", num_envs=4, seed=5)
-    obs = env.reset()
+    obs = env.reset(seed=5)
     hidden = [t for t in env.obs_spec.groups["privileged"] if t.entity == "cube0" and t.name == "hidden"][0]
     assert torch.all(obs["privileged"][:, hidden.start: hidden.end] == 0)
+    expert = ScriptedExpert.for_env(env)  # approaches, grasps and lifts cube0
+    expert.reset(torch.ones(4, dtype=torch.bool))
+    grip_z = []
+    for _ in range(80):
+        before = obs["privileged"][:, hidden.start: hidden.end].clone()
+        obs, _, done, _ = env.step(expert.act(obs))
+        assert not done.any()  # still the first episode: what appears below was revealed in it
+        grip_z.append(env._qpos[:, 2].copy())
+        lifted = env.st["revealed"][:, 0] > 0
+        if lifted.all():
+            break
+        assert torch.all(before[~torch.from_numpy(lifted)] == 0)  # hidden until the lift attempt
+    assert lifted.all()
+    shown = obs["privileged"][:, hidden.start: hidden.end]
+    assert torch.all(shown[:, 0] == 1) and torch.allclose(shown[:, 1].double(), torch.from_numpy(env.st["mass"][:, 0]),
+                                                          rtol=1e-5)  # known flag, then the true mass
+    assert (np.array(grip_z).max(0) - np.array(grip_z).min(0) > 0.015).all()  # the gripper did go down and up
     omni = make("stack", num_envs=4, seed=5, hidden_view="omniscient")
     obs = omni.reset()
     assert torch.all(obs["privileged"][:, hidden.start] == 1)
