@@ -1,7 +1,6 @@
 """The shared first-episode loop (common/rollout.py) and evaluation built on it."""
 
 import numpy as np
-import torch
 
 from common.evaluate import evaluate
 from common.rollout import first_episodes
