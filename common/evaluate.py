@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from common.rollout import first_episodes
+
+_KEYS = ("success", "return", "length", "attempts", "object_lost", "sim_unstable")
+
 
 def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Tensor], None],
              num_episodes: int, seed: int, progress: bool = True) -> dict:
@@ -15,6 +19,8 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
 
     ``act(obs) -> action`` and ``reset(done_mask)`` are the policy's two calls. Episodes are the first
     episode of each env in a round, seeded from ``seed`` and the round, so the result is reproducible.
+    A last, partial round keeps its lowest-numbered envs, not its first finishers: those would
+    favour short episodes, i.e. successes.
     """
     N = env.num_envs
     rounds = -(-num_episodes // N)
@@ -22,24 +28,10 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=num_episodes)
         for r in range(rounds):
-            obs = env.reset(seed=seed + 1000003 * r)
-            reset(torch.ones(N, dtype=torch.bool))
-            finished = np.zeros(N, bool)
-            while not finished.all():
-                obs, reward, done, extras = env.step(act(obs))
-                reset(done)
-                new = done.numpy() & ~finished
-                for i in np.nonzero(new)[0]:
-                    if len(episodes) < num_episodes:
-                        ep = extras["episode"]
-                        episodes.append({
-                            "success": bool(extras["success"][i]), "return": float(ep["return"][i]),
-                            "length": int(ep["length"][i]), "attempts": int(ep["attempts"][i]),
-                            "object_lost": bool(extras["failure"]["object_lost"][i]),
-                            "sim_unstable": bool(extras["failure"]["sim_unstable"][i]),
-                        })
-                        bar.advance(task)
-                finished |= new
+            keep = min(N, num_episodes - len(episodes))
+            ep = first_episodes(env, act, reset, seed=seed + 1000003 * r,
+                                on_step=lambda extras, ended, keep=keep: bar.advance(task, int(ended[:keep].sum())))
+            episodes += [{k: ep[k][i].item() for k in _KEYS} for i in range(keep)]
     success = np.array([e["success"] for e in episodes])
     attempts = np.array([e["attempts"] for e in episodes])
     return {

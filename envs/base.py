@@ -22,7 +22,10 @@ Conventions follow rsl_rl / Isaac Lab so their users feel at home. N is ``num_en
 
 ``get_state(env_ids) -> (len(env_ids), S) float64`` / ``set_state(env_ids, states)``
     The full simulator state plus the task's own state (hidden parameters, occlusion schedule, step
-    and attempt counters, episode seed). Setting a state and stepping continues identically.
+    and attempt counters, episode seed, and the base seed the next episodes' seeds derive from).
+    Setting a state and stepping continues identically, through auto-resets too.
+    ``set_state(..., keep_episode_counter=True)`` borrows a state (a demonstration's) but keeps the
+    env's own episode counter and base seed, so its later episodes are its own.
 
 ``obs_spec``: ``ObsSpec`` naming, per group, which entity and term each slice belongs to, so a
 transformer can make one token per entity.

@@ -203,5 +203,7 @@ class OnPolicyRunner:
             self.on_reset.load_state_dict(ckpt["on_reset"])
         if ckpt.get("selector") is not None and self.selector is not None:
             self.selector.load_state_dict(ckpt["selector"])
+        # No env.reset() here: the env state carries each env's base seed and episode counter, so the
+        # episodes that start after the resume are the ones the uninterrupted run would have drawn.
         self.env.set_state(torch.arange(self.env.num_envs), ckpt["env_state"])
         self.obs = self.env.get_observations()

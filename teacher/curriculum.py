@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.rollout import first_episodes
 from envs.scripted import ScriptedExpert
 
 
@@ -49,28 +50,18 @@ def expert_state_pool(env, seed: int, rounds: int = 1) -> ExpertStatePool:
     expert = ScriptedExpert.for_env(env)
     states, to_go, lengths = [], [], []
     for r in range(rounds):
-        obs = env.reset(seed=seed + 1000 * r)
-        expert.reset(torch.ones(env.num_envs, dtype=torch.bool))
         snapshots, owners = [], []
-        finished = np.zeros(env.num_envs, bool)
-        success = np.zeros(env.num_envs, bool)
-        length = np.zeros(env.num_envs, np.int64)
-        for t in range(env.max_episode_length):
-            alive = np.nonzero(~finished)[0]
-            snapshots.append(env.get_state(alive))
-            owners.append(alive)
-            obs, _, done, extras = env.step(expert.act(obs))
-            expert.reset(done)
-            new = done.numpy() & ~finished
-            success[new] = extras["success"].numpy()[new]
-            length[new] = t + 1
-            finished |= done.numpy()
-            if finished.all():
-                break
+
+        def snapshot(alive: np.ndarray) -> None:
+            owners.append(np.nonzero(alive)[0])
+            snapshots.append(env.get_state(owners[-1]))
+
+        ep = first_episodes(env, expert.act, expert.reset, seed=seed + 1000 * r, before_step=snapshot)
+        success, length = ep["success"], ep["length"]
         lengths.append(torch.from_numpy(length[success]))
-        for t, (snapshot, owner) in enumerate(zip(snapshots, owners)):
+        for t, (states_t, owner) in enumerate(zip(snapshots, owners)):
             keep = success[owner]
-            states.append(snapshot[keep])
+            states.append(states_t[keep])
             to_go.append(torch.from_numpy(length[owner[keep]] - t))
     return ExpertStatePool(torch.cat(states), torch.cat(to_go), torch.cat(lengths))
 

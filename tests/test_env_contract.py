@@ -60,22 +60,42 @@ def test_same_seed_same_trajectory_different_seed_differs(make):
     assert not torch.equal(runs[0], runs[2])
 
 
-def test_get_set_state_round_trip_continues_identically(make):
+def test_get_set_state_round_trip_continues_identically_through_resets(make):
     actions = random_actions(4, 50, seed=3)
-    a = make("stack_pick_multi", num_envs=4, seed=5, **ALL_ON)
-    b = make("stack_pick_multi", num_envs=4, seed=99, **ALL_ON)
-    a.reset()
-    b.reset()
+    # short episodes: every env auto-resets after the copy, so the next episodes' seeds are covered too
+    a = make("stack_pick_multi", num_envs=4, seed=5, episode_length=12, **ALL_ON)
+    b = make("stack_pick_multi", num_envs=4, seed=99, episode_length=12, **ALL_ON)
+    a.reset(seed=5)
+    b.reset(seed=99)
     for act in actions[:20]:
         a.step(act)
     b.set_state(torch.arange(4), a.get_state())
     assert torch.equal(a.get_state(), b.get_state())
+    resets = torch.zeros(4, dtype=torch.long)
     for act in actions[20:]:
         oa, ra, da, ea = a.step(act)
         ob, rb, db, eb = b.step(act)
         assert torch.equal(oa["policy"], ob["policy"]) and torch.equal(oa["privileged"], ob["privileged"])
         assert torch.equal(ra, rb) and torch.equal(da, db)
         assert torch.equal(ea["attempt"], eb["attempt"])
+        resets += da
+    assert (resets >= 2).all()  # the copies drew the same fresh scenes, twice each
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_a_borrowed_state_keeps_the_envs_own_seed_stream(make):
+    demo = make("stack_pick_multi", num_envs=2, seed=5)
+    mine = make("stack_pick_multi", num_envs=2, seed=99)
+    twin = make("stack_pick_multi", num_envs=2, seed=99)  # the same env that never borrowed a state
+    for env, seed in ((demo, 5), (mine, 99), (twin, 99)):
+        env.reset(seed=seed)
+    for _ in range(3):
+        demo.step(torch.zeros(2, 5))
+    mine.set_state(torch.arange(2), demo.get_state(), keep_episode_counter=True)
+    assert mine.base_seeds.tolist() == [99, 99]  # the demo's episode, but the env's own seed stream
+    mine.reset_envs([0, 1])
+    twin.reset_envs([0, 1])
+    assert torch.equal(mine.get_state(), twin.get_state())  # the next scenes are the env's own
 
 
 def test_set_state_rejects_a_state_from_another_task(make):
@@ -120,10 +140,15 @@ def test_occluded_cube_terms_are_exactly_zero_and_masked(make):
 def test_bad_env_config_values_raise_config_error():
     from envs import make_env
 
-    for bad in (dict(num_envs=0), dict(task="juggle"), dict(hidden_view="psychic"),
-                dict(cube={"mass": [0.5, 0.1]}), dict(n_cubes=2), dict(occlusion={"rate": 2.0}),
-                dict(observations={"policy": {"cube_colour": {}}, "privileged": {}})):
-        with pytest.raises(ConfigError):
+    for bad, problem in ((dict(num_envs=0), "env.num_envs=0 must be a positive integer"),
+                         (dict(task="juggle"), "env.task='juggle' is not a task; choose one of"),
+                         (dict(hidden_view="psychic"), "env.hidden_view='psychic'; choose one of"),
+                         (dict(cube={"mass": [0.5, 0.1]}), r"env.cube.mass=\[0.5, 0.1\] must satisfy"),
+                         (dict(n_cubes=2), "env.n_cubes=2 but the lift task has exactly 1 cube"),
+                         (dict(occlusion={"rate": 2.0}), r"env.occlusion.rate=2.0 must be a probability"),
+                         (dict(observations={"policy": {"cube_colour": {}}, "privileged": {}}),
+                          "env.observations.policy.cube_colour is not a term; known terms")):
+        with pytest.raises(ConfigError, match=problem):
             make_env(env_config("lift", **bad))
 
 
@@ -155,3 +180,42 @@ def test_relative_yaw_terms_agree_with_the_absolute_ones(make):
         rel = term(f"cube{c}", "yaw_rel")
         expected = torch.stack([s4c * (4 * g).cos() - c4c * (4 * g).sin(), c4c * (4 * g).cos() + s4c * (4 * g).sin()], 1)
         assert torch.allclose(rel, expected, atol=1e-5)
+
+
+def test_episode_length_buf_writes_in_place_and_by_assignment_reach_the_time_limit(make):
+    env = make("lift", num_envs=3, episode_length=5)
+    env.reset(seed=0)
+    env.episode_length_buf[1] = 4  # Isaac Lab style: an in-place write into the env's own buffer
+    _, _, done, extras = env.step(torch.zeros(3, 5))
+    assert extras["time_outs"].tolist() == [False, True, False] and done.tolist() == [False, True, False]
+    env.episode_length_buf = torch.tensor([4, 0, 3])  # rsl_rl style: assigning a fresh tensor
+    _, _, done, extras = env.step(torch.zeros(3, 5))
+    assert extras["time_outs"].tolist() == [True, False, False]
+    assert env.episode_length_buf.tolist() == [0, 1, 4]  # the reset and the steps show in the same buffer
+    env.set_state(torch.arange(3), env.get_state())
+    env.episode_length_buf[2] = 4
+    assert env.step(torch.zeros(3, 5))[3]["time_outs"].tolist() == [False, False, True]
+
+
+def test_derived_physics_constants_follow_the_drawn_mass(make):
+    light = make("lift", num_envs=1, cube={"mass": [0.05, 0.05]})
+    heavy = make("lift", num_envs=1, cube={"mass": [2.0, 2.0]})
+    b = heavy._body[0]
+    for env, mass in ((light, 0.05), (heavy, 2.0)):
+        env.reset(seed=0)
+        assert env.models[0].body_subtreemass[b] == pytest.approx(mass)  # the solver's view of the cube
+    assert heavy.models[0].body_invweight0[b, 0] < 0.1 * light.models[0].body_invweight0[b, 0]
+    assert heavy.models[0].dof_invweight0[heavy._vadr[0]] < 0.1 * light.models[0].dof_invweight0[light._vadr[0]]
+    light.set_state([0], heavy.get_state([0]))  # a restored state brings its constants along
+    assert light.models[0].body_invweight0[b, 0] == heavy.models[0].body_invweight0[b, 0]
+
+
+def test_a_built_env_is_ready_to_step_in_the_scenes_reset_draws(make):
+    env = make("stack_pick_multi", num_envs=4, seed=7, **ALL_ON)
+    built = env.get_observations()
+    built_state = env.get_state()
+    obs = env.reset(seed=7)
+    for group in ("policy", "privileged"):
+        assert torch.equal(built[group], obs[group])
+    assert torch.equal(built_state, env.get_state())
+    assert env.seeds.min() > 0  # episode seeds drawn, not the zero of an unsampled scene

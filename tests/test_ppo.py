@@ -150,7 +150,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, make):
             self.rows.append(_metrics_without_timing(m))
 
     def new_runner(logger):
-        env = make("lift", num_envs=8, perturbations={"drop_rate": 0.05}, occlusion={"rate": 0.1})
+        # short episodes, so envs auto-reset after the resume point and their fresh scenes count too
+        env = make("lift", num_envs=8, episode_length=10, perturbations={"drop_rate": 0.05}, occlusion={"rate": 0.1})
         torch.manual_seed(0)
         policy = MLPActorCritic(MLPPolicyConfig(actor_dim=env.obs_spec.dim("privileged"),
                                                 critic_dim=env.obs_spec.dim("privileged"),
@@ -166,7 +167,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, make):
     resumed = Recorder()
     runner = new_runner(resumed)
     runner.load(torch.load(ckpt_path, weights_only=True))
+    episodes_at_resume = runner.env.st["episode_index"].copy()
     runner.learn(progress=False)
+    assert (runner.env.st["episode_index"] - episodes_at_resume).min() >= 1  # every env reset after the resume
     assert part.rows == full.rows[:2]
     assert resumed.rows == full.rows[2:]
 

@@ -3,31 +3,16 @@
 import numpy as np
 import torch
 
+from common.rollout import first_episodes
 from envs.scripted import ScriptedExpert
 
 
 def rollout(env, policy=None, steps=None, on_step=None):
-    """Run every env to the end of its first episode; returns per-env success and attempts."""
-    N = env.num_envs
-    obs = env.reset()
+    """Every env's first episode under the scripted expert (or ``policy``): per-env success and attempts.
+    ``on_step(extras, ended)`` sees each step (``ended``: envs whose first episode ended there)."""
     expert = ScriptedExpert.for_env(env)
-    expert.reset(torch.ones(N, dtype=torch.bool))
-    finished = np.zeros(N, bool)
-    success = np.zeros(N, bool)
-    attempts = np.zeros(N, int)
-    for _ in range(steps or env.max_episode_length):
-        action = expert.act(obs) if policy is None else policy(obs)
-        obs, _, done, extras = env.step(action)
-        expert.reset(done)
-        if on_step:
-            on_step(env, extras)
-        new = done.numpy() & ~finished
-        success[new] = extras["success"].numpy()[new]
-        attempts[new] = extras["episode"]["attempts"].numpy()[new]
-        finished |= done.numpy()
-        if finished.all():
-            break
-    return success, attempts
+    ep = first_episodes(env, policy or expert.act, expert.reset, seed=env.cfg.seed, max_steps=steps, on_step=on_step)
+    return ep["success"], ep["attempts"]
 
 
 def test_scripted_expert_solves_lift_and_random_policy_does_not(make):
@@ -53,15 +38,15 @@ def test_static_cube_does_not_move_when_lifted_and_gets_revealed(make):
     revealed_static = np.zeros(8, bool)
     finished = np.zeros(8, bool)
 
-    def watch(env, extras):
+    def watch(extras, ended):
         nonlocal static, start
         st = env.st
         if static is None:
             static = st["static"][:, :3] > 0
             start = np.stack([env._qpos[:, a: a + 3] for a in env._qadr[:3]], 1)
         pos = np.stack([env._qpos[:, a: a + 3] for a in env._qadr[:3]], 1)
-        alive = ~finished & ~extras["time_outs"].numpy() & ~extras["terminated"].numpy()  # first episode only
-        finished[:] |= ~alive
+        finished[:] |= ended
+        alive = ~finished  # first episode only
         moved = np.linalg.norm(pos - start, axis=2)
         max_move[alive] = np.maximum(max_move[alive], (moved * static).max(1)[alive])
         revealed_static[alive] |= ((st["revealed"][:, :3] > 0) & static).any(1)[alive]
@@ -77,7 +62,7 @@ def test_forced_drops_start_new_attempts(make):
     env = make("lift", num_envs=16, seed=4, perturbations={"drop_rate": 0.05, "drop_steps": 8})
     drops = np.zeros(16, int)
 
-    def count(env, extras):
+    def count(extras, ended):
         drops[:] += extras["perturbations"]["drop"].numpy()
 
     success, attempts = rollout(env, on_step=count)
@@ -88,9 +73,26 @@ def test_forced_drops_start_new_attempts(make):
 
 def test_revealed_view_hides_properties_until_a_lift(make):
     env = make("stack", num_envs=4, seed=5)
-    obs = env.reset()
+    obs = env.reset(seed=5)
     hidden = [t for t in env.obs_spec.groups["privileged"] if t.entity == "cube0" and t.name == "hidden"][0]
     assert torch.all(obs["privileged"][:, hidden.start: hidden.end] == 0)
+    expert = ScriptedExpert.for_env(env)  # approaches, grasps and lifts cube0
+    expert.reset(torch.ones(4, dtype=torch.bool))
+    grip_z = []
+    for _ in range(80):
+        before = obs["privileged"][:, hidden.start: hidden.end].clone()
+        obs, _, done, _ = env.step(expert.act(obs))
+        assert not done.any()  # still the first episode: what appears below was revealed in it
+        grip_z.append(env._qpos[:, 2].copy())
+        lifted = env.st["revealed"][:, 0] > 0
+        if lifted.all():
+            break
+        assert torch.all(before[~torch.from_numpy(lifted)] == 0)  # hidden until the lift attempt
+    assert lifted.all()
+    shown = obs["privileged"][:, hidden.start: hidden.end]
+    assert torch.all(shown[:, 0] == 1) and torch.allclose(shown[:, 1].double(), torch.from_numpy(env.st["mass"][:, 0]),
+                                                          rtol=1e-5)  # known flag, then the true mass
+    assert (np.array(grip_z).max(0) - np.array(grip_z).min(0) > 0.015).all()  # the gripper did go down and up
     omni = make("stack", num_envs=4, seed=5, hidden_view="omniscient")
     obs = omni.reset()
     assert torch.all(obs["privileged"][:, hidden.start] == 1)
@@ -103,7 +105,7 @@ def test_success_bonus_does_not_shrink_towards_the_time_limit(make):
     env = make("lift", num_envs=16, seed=4)
     success_rewards, lengths = [], []
 
-    def book(env, extras):
+    def book(extras, ended):
         done_ok = extras["success"].numpy()
         if done_ok.any():
             success_rewards.extend(last_reward[0][done_ok].tolist())
@@ -125,3 +127,17 @@ def test_success_bonus_does_not_shrink_towards_the_time_limit(make):
     bonus = cfg.reward.scale * (cfg.reward.success_bonus + dense_max * cfg.episode_length)
     for reward in success_rewards:  # the step's dense reward (at most dense_max) plus the same bonus
         assert bonus <= reward <= bonus + cfg.reward.scale * dense_max + 1e-4
+
+
+def test_which_cube_stays_static_is_uniform_over_the_cubes(make):
+    """3 cubes all drawn static, 2 must be liftable: the one left welded must not follow the index."""
+    env = make("stack_pick_multi", num_envs=1, cube={"static_prob": 1.0})
+    counts = np.zeros(3)
+    n = 600
+    for _ in range(n):
+        env.reset_envs([0])
+        static = env.st["static"][0, :3] > 0
+        assert static.sum() == 1
+        counts += static
+    # each cube 1/3 of the time; the binomial std is 0.019, old code left cube2 welded every time
+    assert np.abs(counts / n - 1 / 3).max() < 0.08, counts

@@ -64,21 +64,35 @@ def test_teacher_checkpoint_for_another_env_is_refused(tmp_path):
         load_teacher(path, "Lift-v1")
 
 
-def test_resume_with_the_imitation_term_equals_an_uninterrupted_run(tmp_path):
-    """The expert pairs are not in the checkpoint; a resumed run rebuilds them and goes on identically."""
-    args = [*TINY, "teacher.ppo.bc_coef=1.0", "teacher.ppo.bc_decay=0.9"]
+def test_resume_with_the_imitation_term_equals_an_uninterrupted_run(tmp_path, make):
+    """The expert pairs are not in the checkpoint; a resumed run rebuilds them and goes on identically,
+    also through the episodes that start after the resume (64 steps after it, episodes of 60 at most:
+    every env resets)."""
+    args = [*TINY, "teacher.ppo.bc_coef=1.0", "teacher.ppo.bc_decay=0.9", "env.episode_length=60"]
     whole = tmp_path / "whole"
-    assert pipeline("stage=teacher", *args, "teacher.iterations=4", f"run_dir={whole}").returncode == 0
+    assert pipeline("stage=teacher", *args, "teacher.iterations=16", f"run_dir={whole}").returncode == 0
     split = tmp_path / "split"
-    assert pipeline("stage=teacher", *args, "teacher.iterations=2", f"run_dir={split}").returncode == 0
-    r = pipeline("stage=teacher", *args, "teacher.iterations=4", "teacher.resume=true", f"run_dir={split}")
+    assert pipeline("stage=teacher", *args, "teacher.iterations=8", f"run_dir={split}").returncode == 0
+    at_resume = torch.load(split / "teacher.pt", weights_only=True)
+    r = pipeline("stage=teacher", *args, "teacher.iterations=16", "teacher.resume=true", f"run_dir={split}")
     assert r.returncode == 0, r.stderr
-    keys = ("imitation_loss", "kl", "value_loss", "learning_rate")
+    keys = ("imitation_loss", "kl", "value_loss", "learning_rate", "success_rate", "mean_return",
+            "mean_episode_length")
     a, b = rows(whole), rows(split)
-    assert [m["iteration"] for m in b] == [1, 2, 3, 4]
+    assert [m["iteration"] for m in b] == list(range(1, 17))
     assert a[-1]["imitation_loss"] > 0
     for x, y in zip(a, b):
         assert {k: x[k] for k in keys} == {k: y[k] for k in keys}
+    end_whole = torch.load(whole / "teacher.pt", weights_only=True)
+    end_split = torch.load(split / "teacher.pt", weights_only=True)
+    assert torch.equal(end_whole["env_state"], end_split["env_state"])  # bit-identical, scenes included
+    for name, value in end_whole["model"].items():
+        assert torch.equal(value, end_split["model"][name]), name
+    env = make("lift", num_envs=8, episode_length=60)  # reads the episode counters out of the states
+    env.set_state(torch.arange(8), at_resume["env_state"])
+    before = env.st["episode_index"].copy()
+    env.set_state(torch.arange(8), end_split["env_state"])
+    assert (env.st["episode_index"] - before).min() >= 1  # every env started fresh episodes after the resume
 
 
 def test_selection_delivers_the_selected_weights_and_reports_both(tmp_path):
@@ -99,3 +113,28 @@ def test_selection_delivers_the_selected_weights_and_reports_both(tmp_path):
     for name, value in teacher.policy.state_dict().items():
         assert torch.equal(value, selected["model"][name]), name
     assert [m["selection_iteration"] for m in rows(run)] == [1, 2]
+
+
+def test_the_teacher_stage_learns_lift_beyond_its_untrained_start(tmp_path):
+    """Warm start and two PPO iterations (~9 s): the delivered teacher lifts the cube in its final
+    evaluation, where the same network untrained does not."""
+    from common.evaluate import evaluate
+    from envs import make_env
+    from rl.networks import MLPActorCritic, MLPPolicyConfig
+
+    run = tmp_path / "run"
+    r = pipeline("stage=teacher", "teacher=ppo", "teacher.num_envs=16", "teacher.steps_per_env=16",
+                 "teacher.eval_episodes=16", "teacher.actor_hidden=[64,64]", "teacher.critic_hidden=[32]",
+                 "logger.mode=disabled", "teacher.warm_start.expert_steps=120", "teacher.warm_start.bc_steps=400",
+                 "teacher.warm_start.critic_warmup_iterations=1", "teacher.iterations=2",
+                 "teacher.curriculum.expert_state_share=0", "seed=0", f"run_dir={run}")
+    assert r.returncode == 0, r.stderr
+    trained = json.loads((run / "teacher_eval.json").read_text())
+    ckpt = torch.load(run / "teacher.pt", weights_only=True)
+    torch.manual_seed(0)
+    untrained = PolicyTeacher(policy=MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"])))
+    env = make_env({**ckpt["env_cfg"], "num_envs": 16})
+    before = evaluate(env, untrained.act, untrained.reset, 16, seed=0 + 7919, progress=False)  # the stage's seeds
+    env.close()
+    assert before["successes"] == 0
+    assert trained["successes"] >= 3 and trained["mean_reward"] > before["mean_reward"] + 1.0

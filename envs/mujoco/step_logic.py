@@ -137,7 +137,7 @@ def step(env, action: torch.Tensor):
         "failure": {"object_lost": torch.from_numpy(off_table), "sim_unstable": torch.from_numpy(unstable)},
         "episode": {
             "return": torch.from_numpy(st["ep_return"].copy()),
-            "length": torch.from_numpy(st["step"].copy()),
+            "length": torch.from_numpy(st["step"].astype(np.float64)),
             "success": torch.from_numpy(success.copy()),
             "attempts": torch.from_numpy(st["attempt"] + 1),
             "touched": torch.from_numpy(st["ever_touched"] > 0),

@@ -37,8 +37,10 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, m
 
 class MujocoVecEnv:
     # Task-state fields packed after the MuJoCo state by get_state: name -> width per object (O) or 1.
+    # base_seed_*: the run's seed that each env's future episode seeds derive from. It is state, not
+    # config: a resumed run must draw the same next episodes as the uninterrupted one.
     _SCALARS = ("step", "attempt", "episode_index", "seed_lo", "seed_hi", "hold_count", "drop_left",
-                "noise_left", "closed", "ep_return", "ever_touched")
+                "noise_left", "closed", "ep_return", "ever_touched", "base_seed_lo", "base_seed_hi")
     _PER_OBJECT = ("occl_left", "revealed", "held_prev", "grasp_z", "release_wait", "half", "mass", "friction",
                    "static")
 
@@ -78,27 +80,49 @@ class MujocoVecEnv:
         self.target = np.zeros((N, 4))  # x, y, z, yaw position targets of the arm servos
         self.st = {k: np.zeros(N) for k in self._SCALARS}
         self.st.update({k: np.zeros((N, O)) for k in self._PER_OBJECT})
-        self.base_seed = int(cfg.seed)
+        # The step counter lives in a torch int64 tensor; st["step"] is its numpy view (shared memory),
+        # so Isaac Lab-style in-place writes to episode_length_buf reach the task logic. Never rebind it.
+        self._episode_length_buf = torch.zeros(N, dtype=torch.int64)
+        self.st["step"] = self._episode_length_buf.numpy()
+        self._set_seed("base_seed", slice(None), int(cfg.seed))
         threads = cfg.num_threads or os.cpu_count() or 1
         # A few chunks per thread: a thread that drew cheap scenes takes more, so no core idles at the barrier.
         n_chunks = 1 if threads == 1 else min(4 * threads, N)
         self._chunks = [c for c in np.array_split(np.arange(N), n_chunks) if len(c)]
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and N > 1 else None
         self._frame_cache = None
+        self.reset(seed=cfg.seed)  # ready to step once built: every env in its first scene, as reset() draws it
 
     # ------------------------------------------------------------------ seeds and state views
+    def _seed(self, name: str) -> np.ndarray:
+        """(N,) uint64 seed kept in st as two exact 32-bit halves ``name_lo``, ``name_hi`` (float64 state)."""
+        return (self.st[f"{name}_hi"].astype(np.uint64) << np.uint64(32)) | self.st[f"{name}_lo"].astype(np.uint64)
+
+    def _set_seed(self, name: str, ids, seed) -> None:
+        seed = np.asarray(seed, dtype=np.uint64)
+        self.st[f"{name}_lo"][ids] = (seed & np.uint64(0xFFFFFFFF)).astype(np.float64)
+        self.st[f"{name}_hi"][ids] = (seed >> np.uint64(32)).astype(np.float64)
+
     @property
     def seeds(self) -> np.ndarray:
-        return (self.st["seed_hi"].astype(np.uint64) << np.uint64(32)) | self.st["seed_lo"].astype(np.uint64)
+        """(N,) uint64 seed of each env's current episode."""
+        return self._seed("seed")
+
+    @property
+    def base_seeds(self) -> np.ndarray:
+        """(N,) uint64 run seed of each env: its next episodes' seeds derive from it (see ``reset``)."""
+        return self._seed("base_seed")
 
     @property
     def episode_length_buf(self) -> torch.Tensor:
-        """Steps taken in the current episode, (N,); PPO may randomise it once to desynchronise resets."""
-        return torch.as_tensor(self.st["step"], dtype=torch.long)
+        """Steps taken in the current episode, (N,) int64 on the CPU: the env's own counter, so in-place
+        writes (``buf[ids] = k``) take effect; PPO may randomise it once to desynchronise resets."""
+        return self._episode_length_buf
 
     @episode_length_buf.setter
     def episode_length_buf(self, value) -> None:
-        self.st["step"][:] = np.asarray(torch.as_tensor(value).cpu(), dtype=np.float64)
+        # Copy into the buffer (rsl_rl assigns a fresh tensor): rebinding would split it from st["step"].
+        self._episode_length_buf[:] = torch.as_tensor(value).to(device="cpu", dtype=torch.int64)
 
     # ------------------------------------------------------------------ physics
     def _run_chunk(self, ids: np.ndarray) -> None:
@@ -172,6 +196,8 @@ class MujocoVecEnv:
 
     # ------------------------------------------------------------------ reset
     def _apply_hidden(self, i: int) -> None:
+        """Write env i's hidden parameters into its model. Clobbers env i's MjData: callers write the
+        episode's or the saved state into it afterwards."""
         m, st = self.models[i], self.st
         for o in range(self.n_objects):
             h, mass = st["half"][i, o], st["mass"][i, o]
@@ -182,13 +208,18 @@ class MujocoVecEnv:
             m.geom_rbound[g] = np.sqrt(3.0) * h
             m.geom_aabb[g] = [0, 0, 0, h, h, h]
             m.geom_friction[g, 0] = st["friction"][i, o]
+        # The solver reads constants derived from mass and inertia (body_subtreemass, body_invweight0,
+        # dof_invweight0, ...); without this they keep the base model's cube. A pure function of the
+        # model's parameters (it works at qpos0 in d), so set_state on another env rebuilds the same.
+        # Cost: ~15 us per reset (one StackPickMulti env, 3000 resets: 258/260 us with, 240/247 us
+        # without), against 0.9 ms for one control step of that env: one reset per episode, noise.
+        mujoco.mj_setConst(m, self.datas[i])
 
     def _sample_episode(self, i: int) -> None:
         """Draw the scene and hidden parameters of env i's next episode from its episode seed."""
         cfg, O, C, st = self.cfg, self.n_objects, self.n_cubes, self.st
-        seed = rng.episode_seed(self.base_seed, np.array([i]), np.array([int(st["episode_index"][i])]))
-        st["seed_lo"][i] = float(seed[0] & np.uint64(0xFFFFFFFF))
-        st["seed_hi"][i] = float(seed[0] >> np.uint64(32))
+        seed = rng.episode_seed(self.base_seeds[i], np.array([i]), np.array([int(st["episode_index"][i])]))
+        self._set_seed("seed", i, seed[0])
         st["episode_index"][i] += 1
         zero = np.zeros(1, np.uint64)
         u = rng.uniform(seed, zero, rng.HIDDEN, 4 * O + 8).reshape(-1)
@@ -202,11 +233,14 @@ class MujocoVecEnv:
         st["friction"][i] = lerp(cfg.cube.friction, u[1 + O: 1 + 2 * O])
         static = u[1 + 2 * O: 1 + 3 * O] < cfg.cube.static_prob
         static[C:] = False
-        liftable_needed = max(cfg.n_stack, 1)
-        for c in range(C):  # the env guarantees enough liftable cubes to solve the task
-            if (~static[:C]).sum() >= liftable_needed:
-                break
-            static[c] = False
+        missing = max(cfg.n_stack, 1) - int((~static[:C]).sum())
+        if missing > 0:  # the env guarantees enough liftable cubes to solve the task
+            # Free a uniformly drawn subset of the welded cubes, not the lowest indices: otherwise the
+            # cube's index alone would tell which cubes are likelier to lift. Own counter (1), so the
+            # other draws of the episode stay what they were.
+            key = rng.uniform(seed, np.ones(1, np.uint64), rng.HIDDEN, C)[0]
+            welded = np.nonzero(static[:C])[0]
+            static[welded[np.argsort(key[welded])[:missing]]] = False
         st["static"][i] = static
         if cfg.has_base:  # a heavier base stays where it is put
             st["mass"][i, C] = max(cfg.cube.mass[1], 0.3)
@@ -256,7 +290,7 @@ class MujocoVecEnv:
 
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         if seed is not None:
-            self.base_seed = int(seed)
+            self._set_seed("base_seed", slice(None), int(seed))
             self.st["episode_index"][:] = 0
         self.reset_envs(np.arange(self.num_envs))
         return self.get_observations()
@@ -288,15 +322,17 @@ class MujocoVecEnv:
         return torch.from_numpy(out)
 
     def set_state(self, env_ids, states, keep_episode_counter: bool = False) -> None:
-        """Restore full states. ``keep_episode_counter`` keeps each env's own episode count, so an env
-        started from a borrowed state (a demonstration's) still draws fresh scenes afterwards."""
+        """Restore full states. ``keep_episode_counter`` keeps each env's own episode count and base
+        seed, so an env started from a borrowed state (a demonstration's) still draws its own fresh
+        scenes afterwards: a borrowed state does not move the env's seed stream."""
         ids = np.asarray(torch.as_tensor(env_ids).cpu(), int).reshape(-1)
         states = np.asarray(torch.as_tensor(states, dtype=torch.float64).cpu()).reshape(len(ids), -1)
         if states.shape[1] != self.state_size:
             raise ValueError(f"state has {states.shape[1]} values; this env's states have {self.state_size} "
                              f"(a state from another task or scene?)")
         O, S = self.n_objects, self.mj_state_size
-        kept = self.st["episode_index"][ids].copy()
+        own = ("episode_index", "base_seed_lo", "base_seed_hi")
+        kept = {k: self.st[k][ids].copy() for k in own}
         for r, i in enumerate(ids):
             s = states[r]
             self.target[i] = s[S: S + 4]
@@ -311,7 +347,8 @@ class MujocoVecEnv:
             mujoco.mj_setState(self.models[i], self.datas[i], s[:S], STATE_SPEC)
             mujoco.mj_forward(self.models[i], self.datas[i])
         if keep_episode_counter:
-            self.st["episode_index"][ids] = kept
+            for k in own:
+                self.st[k][ids] = kept[k]
         self._read_data(ids)
 
     def render(self, env_id: int = 0, width: int = 320, height: int = 240) -> np.ndarray:
