@@ -145,6 +145,8 @@ class EpisodeStore:
                 zarr_io.remove_partial_files(self.path / prefix / name, arr, rows)
                 if arr.shape[0] != rows:
                     arr.resize((rows, *arr.shape[1:]))
+                # the next fold rewrites this last chunk: a corrupt one must stop the resume here, in one line
+                zarr_io.read(self.path, f"{prefix}/{name}".rstrip("/"), arr, slice(rows - rows % arr.chunks[0], rows))
         for group in ("", "data", "meta", "meta/episode", "meta/rejected"):  # attrs writes: zarr.json
             zarr_io.remove_partial_files(self.path / group, None, 0)
 
