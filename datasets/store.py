@@ -134,6 +134,8 @@ class EpisodeStore:
 
     def _repair(self) -> None:
         """Drop whatever a killed writer left beyond the two commits, and its unfinished files."""
+        for group in ("", "data", "meta", "meta/episode", "meta/rejected"):  # attrs writes: zarr.json; before listing
+            zarr_io.remove_partial_files(self.path / group, None, 0)
         ends = self._ends()
         n_eps = zarr_io.written_prefix(zarr_io.read(self.path, "meta/episode_ends", ends))
         n_steps = int(zarr_io.read(self.path, "meta/episode_ends", ends, n_eps - 1)) if n_eps else 0
@@ -147,8 +149,6 @@ class EpisodeStore:
                     arr.resize((rows, *arr.shape[1:]))
                 # the next fold rewrites this last chunk: a corrupt one must stop the resume here, in one line
                 zarr_io.read(self.path, f"{prefix}/{name}".rstrip("/"), arr, slice(rows - rows % arr.chunks[0], rows))
-        for group in ("", "data", "meta", "meta/episode", "meta/rejected"):  # attrs writes: zarr.json
-            zarr_io.remove_partial_files(self.path / group, None, 0)
 
     def _arrays(self, prefix: str) -> list[tuple[str, zarr.Array]]:
         """(name, array) under ``prefix``, listed once: a listing walks the directory tree."""

@@ -32,7 +32,7 @@ def collect_into(path, env, teacher, episodes):
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """(start, length) of each run of True."""
     edges = np.diff(np.concatenate([[0], flags.astype(int), [0]]))
-    return [(int(s), int(e - s)) for s, e in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0])]
+    return [(int(s), int(e - s)) for s, e in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True)]
 
 
 def test_perturbation_flags_cover_every_step_a_drop_or_burst_acted(tmp_path):
@@ -137,3 +137,19 @@ def test_episode_slice_comes_from_the_index_read_once(tmp_path):
     with pytest.raises(IndexError, match="episode 3 does not exist; the store has 3"):
         reader.episode_slice(3)
 
+
+
+def test_a_resume_removes_the_partial_files_a_killed_zarr_write_leaves_and_a_reader_does_not(tmp_path):
+    """A regression guard for the targeted search (the node dirs and the chunk rows a fold writes)."""
+    path = tmp_path / "s.zarr"
+    store = toy_store(path)
+    store.append_episode({"action": np.ones((3, 2), np.float32), "attempt": np.zeros(3, np.int16)}, {"seed": 7})
+    store.flush()
+    left = [path / "data" / "action" / "c" / "0" / "0.1a2b.partial", path / "meta" / "rejected" / "zarr.json.3c.partial",
+            path / "meta" / "episode_ends" / "c" / "0.4d.partial"]
+    for p in left:
+        p.write_bytes(b"torn")
+    EpisodeStore.open(path)
+    assert all(p.exists() for p in left)
+    EpisodeStore.open(path, mode="a")
+    assert not any(p.exists() for p in left)
