@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from datasets.store import EpisodeStore, obs_key
+from datasets.summary import summarize
 from envs import rng
 
 
@@ -54,11 +55,13 @@ def data_layout(env) -> dict[str, tuple[tuple, str]]:
     for group, terms in env.obs_spec.groups.items():
         for t in terms:
             layout[f"obs/{group}/{obs_key(t.entity, t.name)}"] = ((t.end - t.start,), "float32")
+    layout.update({f"perturbation/{kind}": ((), "bool") for kind in PERTURBATIONS})
     layout.update({"action": ((env.num_actions,), "float32"), "reward": ((), "float32"),
                    "attempt": ((), "int16"), "success": ((), "bool"), "sim_state": ((env.state_size,), "float64")})
     return layout
 
 
+PERTURBATIONS = ("drop", "push", "noise")  # data/perturbation/<kind>: acting at this step
 EPISODE_LAYOUT = {"seed": "uint64", "length": "int64", "n_attempts": "int64", "return": "float32",
                   "round": "int64", "slot": "int64", "drops": "int64", "pushes": "int64", "noise_bursts": "int64",
                   "retry_changed_cube": "bool", "retry_yaw_change": "float32"}
@@ -80,6 +83,8 @@ class EpisodeBuffer:
         self.steps: list[dict] = []
 
     def add(self, obs: dict, action, state, reward, attempt, success, perturb) -> None:
+        """``action``: the policy's raw output (A,), unclipped; ``perturb``: (3,) bool, which of
+        ``PERTURBATIONS`` acted at this step."""
         self.steps.append({"obs": {g: obs[g].numpy().copy() for g in self.spec.groups}, "action": action,
                            "state": state, "reward": reward, "attempt": attempt, "success": success,
                            "perturb": perturb})
@@ -95,6 +100,9 @@ class EpisodeBuffer:
         out["reward"] = np.array([s["reward"] for s in self.steps], np.float32)
         out["attempt"] = np.array([s["attempt"] for s in self.steps], np.int16)
         out["success"] = np.array([s["success"] for s in self.steps], bool)
+        acting = np.stack([s["perturb"] for s in self.steps]).astype(bool)  # (T, 3)
+        for k, kind in enumerate(PERTURBATIONS):
+            out[f"perturbation/{kind}"] = acting[:, k]
         return out
 
 
@@ -151,12 +159,14 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
         while playing.any() and store.num_episodes < limit:
             action = teacher.act(obs)
             states = env.get_state().numpy()
+            ongoing = env.active_perturbations()
             next_obs, reward, done, extras = env.step(action)
-            pert = np.stack([extras["perturbations"][k].numpy() for k in ("drop", "push", "noise")], 1)
+            started = np.stack([extras["perturbations"][k].numpy() for k in PERTURBATIONS], 1)  # (N, 3) bool
+            acting = started | np.stack([ongoing[k].numpy() for k in PERTURBATIONS], 1)
             for i in np.nonzero(playing)[0]:
-                buffers[i].add({g: v[i] for g, v in obs.items()}, action[i].numpy().astype(np.float32), states[i], float(reward[i]),
-                               int(extras["attempt"][i]), bool(extras["success"][i]), pert[i])
-                counters[i] += pert[i]
+                buffers[i].add({g: v[i] for g, v in obs.items()}, action[i].numpy().astype(np.float32), states[i],
+                               float(reward[i]), int(extras["attempt"][i]), bool(extras["success"][i]), acting[i])
+                counters[i] += started[i]
             finished = np.nonzero(done.numpy() & playing)[0]
             for i in finished:  # env order within a step: deterministic, so resume reproduces it
                 if store.num_episodes >= limit:
@@ -196,18 +206,3 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
     store.flush()
     return summarize(store)
 
-
-def summarize(store: EpisodeStore) -> dict:
-    meta, rejected = store.episode_meta(), store.rejected()
-    attempts = meta["n_attempts"]
-    reasons = {name: int((rejected["reason"] == code).sum())
-               for code, name in enumerate(store.attrs.get("reject_reasons", []))}
-    retry = attempts > 1
-    return {
-        "episodes": store.num_episodes, "steps": store.num_steps,
-        "with_retry_share": float(retry.mean()) if len(attempts) else 0.0,
-        "attempts_histogram": {str(k): int((attempts == k).sum()) for k in sorted(set(attempts.tolist()))},
-        "rejected": reasons, "rejected_total": int(len(rejected["reason"])),
-        "retries_changed_cube_share": float(meta["retry_changed_cube"][retry].mean()) if retry.any() else 0.0,
-        "retries_mean_yaw_change": float(meta["retry_yaw_change"][retry].mean()) if retry.any() else 0.0,
-    }

@@ -14,10 +14,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256, summarize
+from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
 from collect.parallel import collect_parallel
 from common.rundir import run_dir
 from datasets.store import EpisodeStore
+from datasets.summary import summarize
 from envs import env_config_dict, make_env
 from envs.base import ConfigError
 from envs.scripted import ScriptedExpert

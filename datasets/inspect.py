@@ -6,7 +6,8 @@ outside the env's bounds), and every array's shape, dtype, chunks, compression a
 ``--json`` prints the same as one JSON object; ``--episodes`` adds a per-episode table; ``--plots``
 writes PNGs; ``--video`` renders an episode from its stored states; ``--verify`` replays every
 episode's actions from its first state and reports the drift against the stored states.
-Exit code 2 with one line for a missing, corrupt or other-schema store.
+Exit code 2 with one line for a missing, corrupt (a chunk that fails its checksum or is truncated)
+or other-schema store.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from collect.collector import summarize
 from datasets.store import EpisodeStore
+from datasets.summary import summarize
 from envs.base import ConfigError
 
 
@@ -37,7 +38,7 @@ def array_info(store: EpisodeStore) -> list[dict]:
 
 
 def action_stats(store: EpisodeStore) -> dict:
-    actions = store.array("data/action")[:]
+    actions = store.read("data/action")
     lo, hi = store.attrs.get("action_bounds", [-1.0, 1.0])
     if len(actions) == 0:
         return {"mean": [], "std": [], "outside_bounds_share": 0.0}
@@ -49,7 +50,7 @@ def action_stats(store: EpisodeStore) -> dict:
 
 def summary(store: EpisodeStore) -> dict:
     s = summarize(store)
-    success = store.array("data/success")[:]
+    success = store.read("data/success")
     ends = store.episode_ends
     ended_in_success = bool(all(success[e - 1] for e in ends)) if len(ends) else True
     return {**s, "schema_version": store.attrs.get("schema_version"), "env": store.attrs.get("env"),
@@ -112,12 +113,11 @@ def main(argv=None) -> None:
         store = EpisodeStore.open(a.path)
         if a.video is not None and a.out is None:
             raise ConfigError("--video needs --out FILE.mp4 (or .gif)")
-        extra = _actions(store, a)
+        info = {**summary(store), **_actions(store, a)}  # every read inside: a corrupt chunk is one line
+        episodes = episode_rows(store) if a.episodes else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    info = {**summary(store), **extra}
-    episodes = episode_rows(store) if a.episodes else None
     if not a.json:
         for key in ("plots", "video", "verify"):
             if key in info:

@@ -39,7 +39,7 @@ def make_plots(store: EpisodeStore, out_dir: Path, n_trajectories: int = 4) -> l
     axes[2].tick_params(axis="x", rotation=30)
     paths.append(_save(fig, out_dir / "episodes.png"))
 
-    actions = store.array("data/action")[:]
+    actions = store.read("data/action")
     fig, axes = plt.subplots(1, actions.shape[1], figsize=(3.2 * actions.shape[1], 3))
     for d, ax in enumerate(np.atleast_1d(axes)):
         ax.hist(actions[:, d], bins=50)

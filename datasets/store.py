@@ -1,44 +1,57 @@
 """The demonstration store: zarr v3, written episode by episode, safe to kill at any moment.
 
-Layout (schema 1; diffusion_policy's convention of concatenated steps plus episode ends)::
+Layout (schema 2; diffusion_policy's convention of concatenated steps plus episode ends)::
 
     data/obs/<group>/<entity>_<term>   (T, w) float32   what each observation group saw
-    data/action                        (T, A) float32   raw policy actions, before any clipping
+    data/action                        (T, A) float32   the policy's raw output (see below)
+    data/perturbation/<kind>           (T,) bool        drop / push / noise: an injected failure acted at this step
     data/reward (T,) float32   data/attempt (T,) int16   data/success (T,) bool
     data/sim_state                     (T, S) float64   full env state before each step
-    meta/episode_ends                  (E,) int64       exclusive end of each episode in data/
+    meta/episode_ends                  (E,) int64       exclusive end of each episode in data/ (the episode commit)
     meta/episode/<field>               (E,)             seed, length, n_attempts, return, round, slot, ...
     meta/rejected/<field>              (R,)             filtered episodes: reason code, seed, round, slot
+    meta/rejected attrs: committed     the rejection commit: records beyond it are not part of the store
     attrs: schema_version, env, env_cfg, obs_spec, teacher, teacher_sha256, code_version, seed, created_at
+
+Which action is stored: the policy's raw output, never clipped, as the teacher emitted it, before
+the env adds a noise burst and clips to its bounds. BC learns what the teacher meant; the executed
+action is a function of it and of the env's noise, which the student cannot see. The
+``data/perturbation/*`` flags mark every step that ran under an injected failure (a drop keeps the
+gripper open for ``drop_steps`` steps, a burst lasts ``noise_steps``, a push one step), so BC can
+mask or weight those steps.
 
 Commit protocol. Each finished episode is first appended to a journal (``journal/w<E>-<R>.jnl``,
 checksummed .npy records, see datasets/journal.py), which costs a write call. Every ``flush_every``
 (default 512) episodes or ``FOLD_MAX_STEPS`` steps, a background thread folds the window into the
-zarr arrays, one append per array, then grows ``meta/episode_ends`` (the commit), then deletes the
-window's journal; collection goes on meanwhile. Readers trust ``episode_ends`` only. After a kill,
-``open(mode="a")`` truncates arrays beyond the last commit, removes ``*.partial`` files, and folds
-the complete records of the surviving journals in: only the episode in flight is lost. (Appending every episode straight
-to ~50 zarr arrays cost 170-240 ms per episode, several times the collection itself.)
+zarr arrays, one append per array, then grows ``meta/episode_ends`` (the episode commit), then
+appends the rejections and advances ``meta/rejected``'s ``committed`` attribute (the rejection
+commit; zarr writes metadata by an atomic rename), then deletes the window's journal; collection
+goes on meanwhile. Readers trust the two commits only. After a kill, ``open(mode="a")`` truncates
+arrays beyond the commits, removes the ``*.partial`` files zarr leaves beside the files it was
+writing, and folds the complete records of the surviving journals in: only the episode in flight
+is lost. (Appending every episode straight to ~50 zarr arrays cost 170-240 ms per episode, several
+times the collection itself.)
+
+Every chunk carries a CRC-32C (zarr's ``crc32c`` codec): a flipped byte that zstd does not notice
+would otherwise be a silent wrong read. Any corrupt or truncated chunk a read meets becomes one
+``ConfigError`` naming the array.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import datetime
-import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync as zarr_sync
 
+from datasets import zarr_io
 from datasets.journal import JournalWriter, read_journal
 from envs.base import ConfigError
 
-SCHEMA_VERSION = 1
+# 2: data/perturbation/<kind>, the rejection commit (meta/rejected attrs "committed"), CRC-32C chunks
+SCHEMA_VERSION = 2
 TIME_CHUNK = 4096
 # A fold rewrites the last, partly filled chunk of ~50 arrays, so its cost is mostly fixed: folding
 # 512 Lift episodes at once costs a third of four folds of 128 (measured). The step cap bounds the
@@ -47,50 +60,8 @@ FOLD_MAX_STEPS = 8 * TIME_CHUNK
 META_CHUNK = 1024
 EPISODE, REJECTED = 0, 1  # journal record kinds
 REJECT_REASONS = ("never_succeeded", "object_lost", "sim_unstable", "no_contact", "too_many_attempts", "mix_quota")
-
-
-def _compressor():
-    # zstd level 1: on a Lift store, 2.5x less CPU than level 3 for 6% more bytes (ratio 2.78 vs 2.95;
-    # lz4 2.29); the fold compresses in the background on the cores collection uses.
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def _release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS after a fold (glibc only; elsewhere a no-op). Each fold
-    allocates tens of MB in the arenas of zarr's threads, and glibc kept them: RSS rose from 331 MiB
-    at 1000 Lift episodes to 384 at 5000 while Python's own objects stayed at ~4 MiB."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _append_concurrently(pending: list[tuple[zarr.Array, np.ndarray]]) -> None:
-    """Append to many arrays in one trip through zarr's event loop: one sync append per array costs a
-    round trip each (measured: 52 arrays took 240 ms per episode one by one)."""
-
-    async def gather():
-        await asyncio.gather(*(arr._async_array.append(values, axis=0) for arr, values in pending))
-
-    zarr_sync(gather())
-
-
-def _written_prefix(ends: np.ndarray) -> int:
-    """How many entries of ``episode_ends`` were really written. zarr's append writes the new shape
-    before the new values, so a kill in between leaves a longer array whose tail reads as the fill
-    value 0, and repair took that tail at face value: it cut every data array to 0 steps. (The SIGKILL
-    test failed once in a fresh clone with the first stored action wrong; it kills as soon as a
-    reader sees the shape grow, which can land in that window; a constructed case reproduces it.)
-    Real ends rise strictly from > 0, so the written entries are the rising prefix."""
-    rising = np.diff(np.concatenate([[0], ends])) > 0
-    return len(ends) if rising.all() else int(np.argmin(rising))
+REJECTED_LAYOUT = {"reason": "int8", "seed": "uint64", "round": "int64", "slot": "int64", "length": "int64",
+                   "n_attempts": "int64"}
 
 
 def obs_key(entity: str, term: str) -> str:
@@ -98,12 +69,16 @@ def obs_key(entity: str, term: str) -> str:
 
 
 class EpisodeStore:
-    """Append-only episode store; also the reader (``episode(i)``, ``array(name)``)."""
+    """Append-only episode store; also the reader (``episode(i)``, ``episode_slice(i)``, ``read(name)``).
+
+    A reader's view is the commits as they were at open (or at this process's own last commit): the
+    episode ends are read once into numpy, so ``episode(i)`` costs its data reads only."""
 
     def __init__(self, root: zarr.Group, path: Path, flush_every: int = 512):
         self.root, self.path = root, path
         self.flush_every = flush_every
         self._cache: dict[str, list[tuple[str, zarr.Array]]] = {}
+        self._index: tuple[np.ndarray, int] | None = None  # (episode ends (E,) int64, committed rejections)
         self._journal = path / "journal"
         self._journal_writer: JournalWriter | None = None
         self._window_episodes: list[tuple[dict, dict]] = []  # journaled, not yet handed to a fold
@@ -123,13 +98,13 @@ class EpisodeStore:
         root = zarr.open_group(str(path), mode="w-", zarr_format=3)
         for name, (tail, dtype) in data_layout.items():
             root.create_array(f"data/{name}", shape=(0, *tail), chunks=(TIME_CHUNK, *tail), dtype=dtype,
-                              compressors=_compressor(), fill_value=0)
-        root.create_array("meta/episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", fill_value=0)
-        for name, dtype in episode_layout.items():
-            root.create_array(f"meta/episode/{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=0)
-        for name, dtype in {"reason": "int8", "seed": "uint64", "round": "int64", "slot": "int64",
-                            "length": "int64", "n_attempts": "int64"}.items():
-            root.create_array(f"meta/rejected/{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=0)
+                              compressors=zarr_io.codecs(), fill_value=0)
+        meta = {"episode_ends": "int64", **{f"episode/{k}": v for k, v in episode_layout.items()},
+                **{f"rejected/{k}": v for k, v in REJECTED_LAYOUT.items()}}
+        for name, dtype in meta.items():
+            root.create_array(f"meta/{name}", shape=(0,), chunks=(META_CHUNK,), dtype=dtype,
+                              compressors=zarr_io.codecs(), fill_value=0)
+        root["meta/rejected"].attrs["committed"] = 0
         root.attrs.update({"schema_version": SCHEMA_VERSION, "reject_reasons": list(REJECT_REASONS),
                            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **attrs})
         return cls(root, path, flush_every)
@@ -149,33 +124,31 @@ class EpisodeStore:
                               f"re-collect it or point to another store") from exc
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{path} has schema version {version}, this code reads version {SCHEMA_VERSION}; "
-                              f"re-collect it or use the matching release")
+                              f"re-collect it with this code (or read it with the release that wrote it)")
         store = cls(root, path, flush_every)
         if mode != "r":
             store._repair()
             store._replay_journal()
+        store._load_index()  # a corrupt episode_ends fails here, at open, for every reader
         return store
 
     def _repair(self) -> None:
-        """Drop whatever a killed writer left beyond the last committed episode."""
-        for partial in self.path.rglob("*.partial"):  # unfinished files a killed writer left
-            partial.unlink()
-        ends = self.root["meta/episode_ends"]
-        n_eps = _written_prefix(ends[:])
-        if n_eps != ends.shape[0]:
-            ends.resize((n_eps,))
-        n_steps = int(ends[n_eps - 1]) if n_eps else 0
-        for name, arr in self._arrays("data"):
-            if arr.shape[0] != n_steps:
-                arr.resize((n_steps, *arr.shape[1:]))
-        for name, arr in self._arrays("meta/episode"):
-            if arr.shape[0] != n_eps:
-                arr.resize((n_eps,))
-        rejected = self._arrays("meta/rejected")
-        n_rej = min(a.shape[0] for _, a in rejected)
-        for name, arr in rejected:
-            if arr.shape[0] != n_rej:
-                arr.resize((n_rej,))
+        """Drop whatever a killed writer left beyond the two commits, and its unfinished files."""
+        for group in ("", "data", "meta", "meta/episode", "meta/rejected"):  # attrs writes: zarr.json; before listing
+            zarr_io.remove_partial_files(self.path / group, None, 0)
+        ends = self._ends()
+        n_eps = zarr_io.written_prefix(zarr_io.read(self.path, "meta/episode_ends", ends))
+        n_steps = int(zarr_io.read(self.path, "meta/episode_ends", ends, n_eps - 1)) if n_eps else 0
+        n_rej = self._rejected_commit()
+        keep = [("data", n_steps), ("meta/episode", n_eps), ("meta/rejected", n_rej)]
+        for prefix, rows in keep + [("meta/episode_ends", n_eps)]:
+            arrays = self._arrays(prefix) if prefix != "meta/episode_ends" else [("", ends)]
+            for name, arr in arrays:
+                zarr_io.remove_partial_files(self.path / prefix / name, arr, rows)
+                if arr.shape[0] != rows:
+                    arr.resize((rows, *arr.shape[1:]))
+                # the next fold rewrites this last chunk: a corrupt one must stop the resume here, in one line
+                zarr_io.read(self.path, f"{prefix}/{name}".rstrip("/"), arr, slice(rows - rows % arr.chunks[0], rows))
 
     def _arrays(self, prefix: str) -> list[tuple[str, zarr.Array]]:
         """(name, array) under ``prefix``, listed once: a listing walks the directory tree."""
@@ -246,7 +219,7 @@ class EpisodeStore:
         batch = ([self._journal_writer.path], self._window_episodes, self._window_rejected)
         self._journal_writer, self._window_episodes, self._window_rejected = None, [], []
         self._window_steps = 0
-        self._ends(), self._arrays("meta/rejected")  # fill the caches here, not from the fold's thread
+        self._ends(), self._arrays("meta/rejected"), self._rejected_group()  # caches: not from the fold's thread
         if self._folder is None:
             self._folder = ThreadPoolExecutor(1, thread_name_prefix="zarr-fold")
         self._fold_future = self._folder.submit(self._fold, *batch)
@@ -290,21 +263,25 @@ class EpisodeStore:
         return data, {name: np.asarray(record[name]) for name in record.dtype.names}
 
     def _fold(self, journals: list[Path], episodes: list[tuple[dict, dict]], rejected: list[dict]) -> None:
-        """One append per array, then the commit (``episode_ends``), then the journals go."""
+        """One append per array, then each commit after the arrays it covers, then the journals go."""
+        ends, n_rejected = self._load_index()
         if episodes:
             appends = [(arr, np.concatenate([data[name] for data, _ in episodes])) for name, arr in self._arrays("data")]
             appends += [(arr, np.stack([meta[name] for _, meta in episodes])) for name, arr in self._arrays("meta/episode")]
-            _append_concurrently(appends)
-            ends = self._ends()
-            last = int(ends[ends.shape[0] - 1]) if ends.shape[0] else 0
+            zarr_io.append_all(appends)
             lengths = np.array([len(data["action"]) for data, _ in episodes], dtype=np.int64)
-            ends.append(last + np.cumsum(lengths))  # the commit, after every array above
+            new_ends = (int(ends[-1]) if len(ends) else 0) + np.cumsum(lengths)
+            self._ends().append(new_ends)  # the episode commit, after every array above
+            ends = np.concatenate([ends, new_ends])
         if rejected:
-            _append_concurrently([(arr, np.stack([values[name] for values in rejected]))
-                                  for name, arr in self._arrays("meta/rejected")])
+            zarr_io.append_all([(arr, np.stack([values[name] for values in rejected]))
+                                for name, arr in self._arrays("meta/rejected")])
+            n_rejected += len(rejected)
+            self._rejected_group().attrs["committed"] = n_rejected  # the rejection commit
+        self._index = (ends, n_rejected)  # one assignment: a reader in the collecting thread sees old or new
         for path in journals:
             path.unlink(missing_ok=True)
-        _release_free_memory()
+        zarr_io.release_free_memory()
 
     def _replay_journal(self) -> None:
         """Fold in what a killed writer journaled but did not commit; drop what it already committed."""
@@ -325,27 +302,50 @@ class EpisodeStore:
         self._fold(journals, episodes, rejected)
 
     # ------------------------------------------------------------------ read
+    def _ends(self) -> zarr.Array:
+        """The episode commit array, opened once (``root[...]`` re-reads its metadata from disk each time)."""
+        if "ends" not in self._cache:
+            self._cache["ends"] = [("episode_ends", self.root["meta/episode_ends"])]
+        return self._cache["ends"][0][1]
+
+    def _rejected_group(self) -> zarr.Group:
+        if "rejected_group" not in self._cache:
+            self._cache["rejected_group"] = [("rejected", self.root["meta/rejected"])]
+        return self._cache["rejected_group"][0][1]
+
+    def _rejected_commit(self) -> int:
+        return int(self._rejected_group().attrs["committed"])
+
+    def _load_index(self) -> tuple[np.ndarray, int]:
+        """(episode ends (E,) int64, committed rejections), read once: the commits a reader trusts."""
+        if self._index is None:
+            ends = zarr_io.read(self.path, "meta/episode_ends", self._ends())
+            self._index = (ends[: zarr_io.written_prefix(ends)], self._rejected_commit())
+        return self._index
+
+    def _array(self, name: str) -> zarr.Array:
+        """Array ``name`` from the listings (``root[name]`` re-reads its metadata from disk)."""
+        for prefix in ("data", "meta/episode", "meta/rejected"):
+            if name.startswith(prefix + "/"):
+                return dict(self._arrays(prefix))[name[len(prefix) + 1:]]
+        return self._ends() if name == "meta/episode_ends" else self.root[name]
+
     @property
     def attrs(self) -> dict:
         return dict(self.root.attrs)
 
     @property
     def episode_ends(self) -> np.ndarray:
-        return self._ends()[:]
+        """(E,) int64, exclusive end of each committed episode in data/ (a copy)."""
+        return self._load_index()[0].copy()
 
     @property
     def committed_episodes(self) -> int:
-        return self._ends().shape[0]
+        return len(self._load_index()[0])
 
     @property
     def committed_rejected(self) -> int:
-        return dict(self._arrays("meta/rejected"))["reason"].shape[0]
-
-    def _ends(self) -> zarr.Array:
-        """The commit array, opened once (``root[...]`` re-reads its metadata from disk each time)."""
-        if "ends" not in self._cache:
-            self._cache["ends"] = [("episode_ends", self.root["meta/episode_ends"])]
-        return self._cache["ends"][0][1]
+        return self._load_index()[1]
 
     @property
     def num_rejected(self) -> int:
@@ -358,22 +358,36 @@ class EpisodeStore:
 
     @property
     def num_steps(self) -> int:
-        ends = self.episode_ends
+        ends = self._load_index()[0]
         return int(ends[-1]) if len(ends) else 0
 
     def array(self, name: str) -> zarr.Array:
+        """The raw zarr array (for its shape, chunks and codecs); read values with ``read``."""
         return self.root[name]
+
+    def read(self, name: str) -> np.ndarray:
+        """The committed rows of array ``name`` (e.g. ``"data/action"``); a corrupt chunk -> ConfigError."""
+        rows = self.num_steps if name.startswith("data/") else \
+            self.committed_rejected if name.startswith("meta/rejected/") else self.committed_episodes
+        return zarr_io.read(self.path, name, self._array(name), slice(0, rows))
 
     def data_names(self) -> list[str]:
         return [name for name, _ in self._arrays("data")]
 
     def episode_meta(self) -> dict[str, np.ndarray]:
-        return {name: arr[:] for name, arr in self._arrays("meta/episode")}
+        return {name: self.read(f"meta/episode/{name}") for name, _ in self._arrays("meta/episode")}
 
     def rejected(self) -> dict[str, np.ndarray]:
-        return {name: arr[:] for name, arr in self._arrays("meta/rejected")}
+        return {name: self.read(f"meta/rejected/{name}") for name, _ in self._arrays("meta/rejected")}
+
+    def episode_slice(self, i: int) -> slice:
+        """Episode ``i``'s steps in data/, from the ends read at open: no read of its own."""
+        ends = self._load_index()[0]
+        if not -len(ends) <= i < len(ends):
+            raise IndexError(f"episode {i} does not exist; the store has {len(ends)}")
+        i %= len(ends)
+        return slice(int(ends[i - 1]) if i else 0, int(ends[i]))
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
-        ends = self.episode_ends
-        start, end = (int(ends[i - 1]) if i else 0), int(ends[i])
-        return {name: arr[start:end] for name, arr in self._arrays("data")}
+        steps = self.episode_slice(i)
+        return {name: zarr_io.read(self.path, f"data/{name}", arr, steps) for name, arr in self._arrays("data")}

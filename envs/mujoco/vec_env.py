@@ -366,3 +366,12 @@ class MujocoVecEnv:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+    def active_perturbations(self) -> dict[str, torch.Tensor]:
+        """(N,) bool per kind (drop, push, noise): an injected failure that will act in the next step
+        although it started earlier. ``extras["perturbations"]`` marks only the step one starts; a drop
+        keeps the gripper open for ``drop_steps`` steps and a burst noises ``noise_steps`` actions (a
+        push acts in its start step only). Read before ``step``: a step acted under a perturbation if
+        one was active here or ``extras["perturbations"]`` says one started in it."""
+        return {"drop": torch.from_numpy(self.st["drop_left"] > 0), "push": torch.zeros(self.num_envs, dtype=torch.bool),
+                "noise": torch.from_numpy(self.st["noise_left"] > 0)}
