@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: this takes the local CPU build; anything else downloads a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# robomimic 0.3.0 for tests/test_hdf5.py without its declared deps (torch and torchvision: a CUDA torch
+	# download); six it needs but does not declare
+	$(PY) -m pip install --quiet --no-deps robomimic==0.3.0 six termcolor psutil tqdm
 	touch $@
 
 .PHONY: pipeline test bench

@@ -30,6 +30,7 @@ import yaml  # noqa: E402
 
 from common.evaluate import evaluate  # noqa: E402
 from envs import make_env  # noqa: E402
+from envs.rsl_rl import RslRlVecEnv, runner_config, to_tensordict  # noqa: E402
 from rl.networks import MLPActorCritic, MLPPolicyConfig  # noqa: E402
 from rl.ppo import PPOConfig  # noqa: E402
 from rl.runner import OnPolicyRunner, RunnerConfig  # noqa: E402
@@ -46,33 +47,6 @@ def env_config(seed: int, num_envs: int, train: bool) -> dict:
         teacher = yaml.safe_load((ROOT / "configs" / "teacher" / "ppo.yaml").read_text())
         cfg["perturbations"].update(teacher["train_perturbations"])
     return cfg
-
-
-class RslRlVecEnv:
-    """Our VecEnv in rsl_rl's contract: TensorDict observations, time-outs in extras."""
-
-    def __init__(self, env):
-        from tensordict import TensorDict
-
-        self._td = TensorDict
-        self.env = env
-        self.num_envs, self.num_actions = env.num_envs, env.num_actions
-        self.max_episode_length, self.device, self.cfg = env.max_episode_length, "cpu", {}
-
-    @property
-    def episode_length_buf(self):
-        return self.env.episode_length_buf
-
-    @episode_length_buf.setter
-    def episode_length_buf(self, value):
-        self.env.episode_length_buf = value
-
-    def get_observations(self):
-        return self._td(self.env.get_observations(), batch_size=[self.num_envs])
-
-    def step(self, actions):
-        obs, reward, done, extras = self.env.step(actions)
-        return self._td(obs, batch_size=[self.num_envs]), reward, done.long(), {"time_outs": extras["time_outs"]}
 
 
 def train_ours(args) -> tuple[float, MLPActorCritic]:
@@ -93,22 +67,10 @@ def train_ours(args) -> tuple[float, MLPActorCritic]:
 def train_rsl_rl(args):
     from rsl_rl.runners import OnPolicyRunner as RslRunner
 
-    env = make_env(env_config(args.seed, args.num_envs, train=True))
-    env.reset(seed=args.seed)
-    wrapped = RslRlVecEnv(env)
-    cfg = {
-        "num_steps_per_env": STEPS_PER_ENV, "save_interval": 10**9, "check_for_nan": True, "multi_gpu": None,
-        "obs_groups": {"actor": [GROUP], "critic": [GROUP]},
-        "algorithm": {"class_name": "PPO", "num_learning_epochs": 5, "num_mini_batches": 4, "clip_param": 0.2,
-                      "gamma": 0.99, "lam": 0.95, "value_loss_coef": 1.0, "entropy_coef": 0.0,
-                      "learning_rate": 1e-3, "max_grad_norm": 1.0, "use_clipped_value_loss": True,
-                      "schedule": "adaptive", "desired_kl": 0.01},
-        "actor": {"class_name": "MLPModel", "hidden_dims": HIDDEN, "activation": "elu", "obs_normalization": True,
-                  "distribution_cfg": {"class_name": "GaussianDistribution", "init_std": 1.0}},
-        "critic": {"class_name": "MLPModel", "hidden_dims": HIDDEN, "activation": "elu", "obs_normalization": True},
-    }
+    env = RslRlVecEnv(make_env(env_config(args.seed, args.num_envs, train=True)), seed=args.seed)
+    cfg = runner_config(PPOConfig(), GROUP, HIDDEN, STEPS_PER_ENV)
     torch.manual_seed(args.seed)
-    runner = RslRunner(wrapped, cfg, log_dir=None, device="cpu")
+    runner = RslRunner(env, cfg, log_dir=None, device="cpu")
     start = time.perf_counter()
     runner.learn(args.iterations, init_at_random_ep_len=True)
     elapsed = time.perf_counter() - start
@@ -143,9 +105,7 @@ def main() -> None:
     rsl_sps, rsl_policy = train_rsl_rl(args)
     with torch.no_grad():
         ours_success = success(lambda obs: ours_policy.act_inference(obs)[0], args)
-        from tensordict import TensorDict
-
-        rsl_success = success(lambda obs: rsl_policy(TensorDict(obs, batch_size=[obs[GROUP].shape[0]])), args)
+        rsl_success = success(lambda obs: rsl_policy(to_tensordict(obs)), args)
     print(f"{'':10} {'env steps/s':>12} {'success':>8}")
     print(f"{'ours':10} {ours_sps:>12.0f} {ours_success:>8.2f}")
     print(f"{'rsl_rl':10} {rsl_sps:>12.0f} {rsl_success:>8.2f}")

@@ -167,58 +167,6 @@ def test_missing_or_corrupt_store_is_a_clear_error(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:")
 
 
-@pytest.mark.xfail(strict=True, reason="datasets/hdf5.py does not export data/perturbation/* yet (schema 2); "
-                   "the robomimic slice of issue 12 round-trips every array: drop this mark when it lands")
-def test_hdf5_round_trip_keeps_every_array_and_refuses_existing_paths(lift_store, tmp_path):
-    from datasets.hdf5 import export, import_
-
-    h5 = tmp_path / "demos.hdf5"
-    assert export(lift_store, h5) == 16
-    back = tmp_path / "back.zarr"
-    assert import_(h5, back) == 16
-    a, b = all_arrays(lift_store), all_arrays(back)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
-    import h5py
-
-    with h5py.File(h5) as f:  # the robomimic / Isaac Lab Mimic layout
-        demo = f["data/demo_0"]
-        assert demo.attrs["num_samples"] == len(demo["actions"]) and demo.attrs["success"]
-        assert "env_args" in f["data"].attrs and "obs" in demo and "states" in demo and demo["dones"][-1]
-    before = h5.read_bytes()
-    r = subprocess.run([sys.executable, "-m", "datasets.hdf5", "export", str(lift_store), str(h5)], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "already exists" in r.stderr and h5.read_bytes() == before
-    clipped = tmp_path / "clipped.hdf5"
-    export(lift_store, clipped, clip_actions=True)
-    with h5py.File(clipped) as f:
-        assert max(abs(f[f"data/{d}/actions"][:]).max() for d in f["data"]) <= 1.0
-
-
-def test_import_of_a_foreign_robomimic_style_file(tmp_path):
-    import h5py
-
-    from datasets.hdf5 import import_
-
-    src = tmp_path / "robomimic.hdf5"
-    with h5py.File(src, "w") as f:
-        data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1, "env_kwargs": {}})
-        for i, T in enumerate((5, 7)):
-            demo = data.create_group(f"demo_{i}")
-            demo.attrs["num_samples"] = T
-            demo.create_dataset("actions", data=np.full((T, 7), 0.5, np.float32))
-            demo.create_dataset("obs/robot0_eef_pos", data=np.zeros((T, 3)))
-            demo.create_dataset("rewards", data=np.arange(T, dtype=np.float32))
-            demo.create_dataset("dones", data=np.eye(T)[-1])
-    import_(src, tmp_path / "imported.zarr")
-    store = EpisodeStore.open(tmp_path / "imported.zarr")
-    assert store.num_episodes == 2 and store.num_steps == 12
-    assert store.array("data/obs/policy/robot0_eef_pos").shape == (12, 3)
-    assert store.array("data/reward")[:5].tolist() == [0, 1, 2, 3, 4]
-
-
 def test_verify_replays_a_fresh_dataset_exactly_and_catches_tampering(lift_store, tmp_path):
     import shutil
 
