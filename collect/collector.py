@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.rollout import first_episodes
 from datasets.store import EpisodeStore, obs_key
 from datasets.summary import summarize
 from envs import rng
@@ -151,24 +152,24 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
     limit = num_episodes if plan is None else float("inf")
     N = env.num_envs
     while (store.num_episodes < num_episodes) if plan is None else not plan.should_stop(round_index):
-        obs = env.reset(seed=round_seed(seed, round_index))
-        teacher.reset(torch.ones(N, dtype=torch.bool))
         buffers = [EpisodeBuffer(env) for _ in range(N)]
-        playing = np.array([(round_index, i) not in committed for i in range(N)])
         counters = np.zeros((N, 3), int)
-        while playing.any() and store.num_episodes < limit:
-            action = teacher.act(obs)
-            states = env.get_state().numpy()
-            ongoing = env.active_perturbations()
-            next_obs, reward, done, extras = env.step(action)
+        before: dict = {}
+
+        def snapshot(alive: np.ndarray) -> None:  # the state each step starts from, and what acts on it
+            before["states"], before["ongoing"] = env.get_state().numpy(), env.active_perturbations()
+
+        def record(step, round_index=round_index, buffers=buffers, counters=counters) -> bool:
+            nonlocal kept_retry, kept_plain
+            extras, action = step.extras, step.action
             started = np.stack([extras["perturbations"][k].numpy() for k in PERTURBATIONS], 1)  # (N, 3) bool
-            acting = started | np.stack([ongoing[k].numpy() for k in PERTURBATIONS], 1)
-            for i in np.nonzero(playing)[0]:
-                buffers[i].add({g: v[i] for g, v in obs.items()}, action[i].numpy().astype(np.float32), states[i],
-                               float(reward[i]), int(extras["attempt"][i]), bool(extras["success"][i]), acting[i])
+            acting = started | np.stack([before["ongoing"][k].numpy() for k in PERTURBATIONS], 1)
+            for i in np.nonzero(step.alive)[0]:
+                buffers[i].add({g: v[i] for g, v in step.obs.items()}, action[i].numpy().astype(np.float32),
+                               before["states"][i], float(step.reward[i]), int(extras["attempt"][i]),
+                               bool(extras["success"][i]), acting[i])
                 counters[i] += started[i]
-            finished = np.nonzero(done.numpy() & playing)[0]
-            for i in finished:  # env order within a step: deterministic, so resume reproduces it
+            for i in np.nonzero(step.ended)[0]:  # env order within a step: deterministic, so resume reproduces it
                 if store.num_episodes >= limit:
                     break
                 ep = extras["episode"]
@@ -194,11 +195,13 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
                 else:
                     store.append_rejected({**record, "reason": reason})
                 committed.add((round_index, int(i)))
-                playing[i] = False
                 if progress is not None:
                     progress(store)
-            teacher.reset(done)
-            obs = next_obs
+            return store.num_episodes >= limit
+
+        playing = np.array([(round_index, i) not in committed for i in range(N)])
+        first_episodes(env, teacher.act, teacher.reset, seed=round_seed(seed, round_index), track=playing,
+                       before_step=snapshot, on_step=record)
         if plan is not None:
             store.flush()  # the round's episodes are committed before the round is announced as done
             plan.round_done(round_index, kept_by_round.get(round_index, 0))

@@ -30,7 +30,7 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
         for r in range(rounds):
             keep = min(N, num_episodes - len(episodes))
             ep = first_episodes(env, act, reset, seed=seed + 1000003 * r,
-                                on_step=lambda extras, ended, keep=keep: bar.advance(task, int(ended[:keep].sum())))
+                                on_step=lambda step, keep=keep: bar.advance(task, int(step.ended[:keep].sum())))
             episodes += [{k: ep[k][i].item() for k in _KEYS} for i in range(keep)]
     success = np.array([e["success"] for e in episodes])
     attempts = np.array([e["attempts"] for e in episodes])

@@ -16,9 +16,9 @@ def test_first_episodes_reports_each_envs_first_episode_only():
     ended_at = np.full(16, -1)
     steps = [0]
 
-    def book(extras, ended):
+    def book(step):
         steps[0] += 1
-        ended_at[ended] = steps[0]
+        ended_at[step.ended] = steps[0]
 
     ep = first_episodes(env, toward_origin, seed=4, on_step=book)
     assert ep["finished"].all() and ep["success"].all()

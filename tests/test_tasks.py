@@ -11,7 +11,8 @@ def rollout(env, policy=None, steps=None, on_step=None):
     """Every env's first episode under the scripted expert (or ``policy``): per-env success and attempts.
     ``on_step(extras, ended)`` sees each step (``ended``: envs whose first episode ended there)."""
     expert = ScriptedExpert.for_env(env)
-    ep = first_episodes(env, policy or expert.act, expert.reset, seed=env.cfg.seed, max_steps=steps, on_step=on_step)
+    ep = first_episodes(env, policy or expert.act, expert.reset, seed=env.cfg.seed, max_steps=steps,
+                        on_step=None if on_step is None else lambda step: on_step(step.extras, step.ended))
     return ep["success"], ep["attempts"]
 
 
