@@ -22,6 +22,7 @@ pipeline: $(VENV)/.installed
 	OMP_WAIT_POLICY=PASSIVE $(PY) pipeline.py stage=all preset=quick $(ARGS)
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=egl $(PY) -m pytest tests $(ARGS)
 
 bench: $(VENV)/.installed

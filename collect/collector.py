@@ -18,7 +18,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from common.rollout import first_episodes
 from datasets.store import EpisodeStore, obs_key
@@ -148,7 +147,8 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
     for r in meta["round"].tolist():
         kept_by_round[r] = kept_by_round.get(r, 0) + 1
     kept_retry, kept_plain = _kept_counts(store)
-    quota_retry = None if filters.retry_share_target is None else int(np.ceil(filters.retry_share_target * num_episodes))
+    share = filters.retry_share_target
+    quota_retry = None if share is None else int(np.ceil(share * num_episodes))
     limit = num_episodes if plan is None else float("inf")
     N = env.num_envs
     while (store.num_episodes < num_episodes) if plan is None else not plan.should_stop(round_index):
@@ -156,10 +156,10 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
         counters = np.zeros((N, 3), int)
         before: dict = {}
 
-        def snapshot(alive: np.ndarray) -> None:  # the state each step starts from, and what acts on it
+        def snapshot(alive: np.ndarray, before=before) -> None:  # the state each step starts from, what acts on it
             before["states"], before["ongoing"] = env.get_state().numpy(), env.active_perturbations()
 
-        def record(step, round_index=round_index, buffers=buffers, counters=counters) -> bool:
+        def record(step, round_index=round_index, buffers=buffers, counters=counters, before=before) -> bool:
             nonlocal kept_retry, kept_plain
             extras, action = step.extras, step.action
             started = np.stack([extras["perturbations"][k].numpy() for k in PERTURBATIONS], 1)  # (N, 3) bool

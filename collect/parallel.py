@@ -17,7 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from datasets.store import EpisodeStore
 
 
@@ -115,11 +114,11 @@ def merge_shards(shards: list[Path], out: Path, target: int, attrs: dict, data_l
     merged = EpisodeStore.create(out, attrs, data_layout, episode_layout, flush_every)
     reasons = stores[0].attrs["reject_reasons"] if stores else []
     records = [s.rejected() for s in stores]
-    for key, k, j in sorted(r for r in rejected if r[0] < cut):
+    for _key, k, j in sorted(r for r in rejected if r[0] < cut):
         rec = records[k]
         merged.append_rejected({name: (reasons[int(v[j])] if name == "reason" else v[j]) for name, v in rec.items()})
     metas = [s.episode_meta() for s in stores]
-    for key, k, i in kept:
+    for _key, k, i in kept:
         merged.append_episode(stores[k].episode(i), {name: v[i] for name, v in metas[k].items()})
     merged.flush()
     return merged

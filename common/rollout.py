@@ -6,8 +6,8 @@ task tests. Later episodes (envs auto-reset) are stepped but not reported: each 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

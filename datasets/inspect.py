@@ -1,4 +1,6 @@
-"""Inspect a store: ``python -m datasets.inspect PATH [--json] [--episodes] [--plots DIR] [--video EP --out FILE] [--verify]``.
+"""Inspect a store.
+
+``python -m datasets.inspect PATH [--json] [--episodes] [--plots DIR] [--video EP --out FILE] [--verify]``.
 
 The summary: episodes, steps, success, attempts histogram, share with retries, filter reasons,
 how retries differed from the failed attempt before them, action statistics (including the share
@@ -32,7 +34,8 @@ def array_info(store: EpisodeStore) -> list[dict]:
         for name, arr in store._arrays(prefix):
             compressors = getattr(arr, "compressors", ()) or ()
             rows.append({"name": f"{prefix}/{name}", "shape": list(arr.shape), "dtype": str(arr.dtype),
-                         "chunks": list(arr.chunks), "compressor": ", ".join(type(c).__name__ for c in compressors) or "none",
+                         "chunks": list(arr.chunks),
+                         "compressor": ", ".join(type(c).__name__ for c in compressors) or "none",
                          "stored_bytes": int(arr.nbytes_stored()) if hasattr(arr, "nbytes_stored") else None})
     return rows
 

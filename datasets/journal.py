@@ -34,7 +34,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     descr = _descr_cache.get(array.dtype)
     if descr is None:
         descr = _descr_cache[array.dtype] = repr(np.lib.format.dtype_to_descr(array.dtype))
-    header = "{'descr': %s, 'fortran_order': False, 'shape': %r, }" % (descr, array.shape)
+    header = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {array.shape!r}, }}"
     # the format pads magic + length + header + newline to a multiple of 64 bytes
     pad = -(len(_NPY_MAGIC) + 2 + len(header) + 1) % 64
     header = (header + " " * pad + "\n").encode("latin1")

@@ -91,7 +91,7 @@ class EpisodeStore:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path, attrs: dict, data_layout: dict[str, tuple[tuple, str]],
-               episode_layout: dict[str, str], flush_every: int = 512) -> "EpisodeStore":
+               episode_layout: dict[str, str], flush_every: int = 512) -> EpisodeStore:
         """New store. ``data_layout``: name -> (trailing shape, dtype) of per-step arrays (names may
         contain '/'); ``episode_layout``: per-episode field -> dtype."""
         path = Path(path)
@@ -106,11 +106,11 @@ class EpisodeStore:
                               compressors=zarr_io.codecs(), fill_value=0)
         root["meta/rejected"].attrs["committed"] = 0
         root.attrs.update({"schema_version": SCHEMA_VERSION, "reject_reasons": list(REJECT_REASONS),
-                           "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **attrs})
+                           "created_at": datetime.datetime.now(datetime.UTC).isoformat(), **attrs})
         return cls(root, path, flush_every)
 
     @classmethod
-    def open(cls, path, mode: str = "r", flush_every: int = 512) -> "EpisodeStore":
+    def open(cls, path, mode: str = "r", flush_every: int = 512) -> EpisodeStore:
         """Open an existing store; ``mode="a"`` also repairs an interrupted write. Bad input -> ConfigError."""
         path = Path(path)
         if not path.exists():
@@ -266,8 +266,10 @@ class EpisodeStore:
         """One append per array, then each commit after the arrays it covers, then the journals go."""
         ends, n_rejected = self._load_index()
         if episodes:
-            appends = [(arr, np.concatenate([data[name] for data, _ in episodes])) for name, arr in self._arrays("data")]
-            appends += [(arr, np.stack([meta[name] for _, meta in episodes])) for name, arr in self._arrays("meta/episode")]
+            appends = [(arr, np.concatenate([data[name] for data, _ in episodes]))
+                       for name, arr in self._arrays("data")]
+            appends += [(arr, np.stack([meta[name] for _, meta in episodes]))
+                        for name, arr in self._arrays("meta/episode")]
             zarr_io.append_all(appends)
             lengths = np.array([len(data["action"]) for data, _ in episodes], dtype=np.int64)
             new_ends = (int(ends[-1]) if len(ends) else 0) + np.cumsum(lengths)

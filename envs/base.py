@@ -66,7 +66,7 @@ class ObsSpec:
         return {g: [[t.entity, t.name, t.start, t.end] for t in ts] for g, ts in self.groups.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ObsSpec":
+    def from_dict(cls, d: dict) -> ObsSpec:
         return cls({g: [ObsTerm(*t) for t in ts] for g, ts in d.items()})
 
 

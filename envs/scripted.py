@@ -39,7 +39,7 @@ class ScriptedExpert:
         self._index = {(t.entity, t.name): (t.start, t.end) for t in obs_spec.groups["privileged"]}
 
     @classmethod
-    def for_env(cls, env) -> "ScriptedExpert":
+    def for_env(cls, env) -> ScriptedExpert:
         cfg = env.cfg
         return cls(env.obs_spec, env.num_envs, cfg.task, cfg.n_cubes, cfg.n_stack,
                    cfg.action_scale_pos, cfg.action_scale_yaw, cfg.success.lift_height)

@@ -104,7 +104,9 @@ class MLPActorCritic(nn.Module):
 
     def _critic_input(self, obs: dict) -> torch.Tensor:
         x = obs[self.cfg.critic_obs]
-        return nearest_first(x, self.cfg.sort_blocks, self.cfg.sort_key) if self.cfg.critic_obs == self.cfg.actor_obs else x
+        if self.cfg.critic_obs != self.cfg.actor_obs:
+            return x
+        return nearest_first(x, self.cfg.sort_blocks, self.cfg.sort_key)
 
     def update_normalizers(self, obs: dict) -> None:
         self.actor_norm.update(self._actor_input(obs))  # a no-op once frozen

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -146,7 +146,8 @@ class OnPolicyRunner:
                 bar.update(task, completed=self.iteration,
                            info=f"success {last['success_rate']:.2f}  return {last['mean_return']:.1f}  "
                                 f"len {last['mean_episode_length']:.0f}  {last['env_steps_per_s']:.0f} steps/s")
-                if checkpoint_path is not None and (self.iteration % self.cfg.save_every == 0 or self.iteration == total):
+                due = self.iteration % self.cfg.save_every == 0 or self.iteration == total
+                if checkpoint_path is not None and due:
                     self.save(checkpoint_path)
         return last
 

@@ -7,7 +7,7 @@ those raw actions. Rewards of steps that ended in a time-out already include
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -52,7 +52,7 @@ def expert_state_pool(env, seed: int, rounds: int = 1) -> ExpertStatePool:
     for r in range(rounds):
         snapshots, owners = [], []
 
-        def snapshot(alive: np.ndarray) -> None:
+        def snapshot(alive: np.ndarray, owners=owners, snapshots=snapshots) -> None:
             owners.append(np.nonzero(alive)[0])
             snapshots.append(env.get_state(owners[-1]))
 

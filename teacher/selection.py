@@ -12,7 +12,7 @@ number is not the one the choice was made on, and the best weights so far are ke
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

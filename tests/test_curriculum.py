@@ -120,7 +120,7 @@ def test_state_dict_round_trip_continues_identically():
     b.load_state_dict(a.state_dict())
     env_b = RecordingEnv(8)
     env_a.set_calls.clear()
-    for k in range(6):
+    for _ in range(6):
         finish(a, env_a, range(8), True)
         finish(b, env_b, range(8), True)
     assert json.dumps(a.stats()) == json.dumps(b.stats()) and a.frontier == b.frontier  # nan-safe

@@ -178,7 +178,8 @@ def test_relative_yaw_terms_agree_with_the_absolute_ones(make):
     for c in range(3):
         s4c, c4c = term(f"cube{c}", "yaw").T
         rel = term(f"cube{c}", "yaw_rel")
-        expected = torch.stack([s4c * (4 * g).cos() - c4c * (4 * g).sin(), c4c * (4 * g).cos() + s4c * (4 * g).sin()], 1)
+        expected = torch.stack([s4c * (4 * g).cos() - c4c * (4 * g).sin(),
+                                c4c * (4 * g).cos() + s4c * (4 * g).sin()], 1)
         assert torch.allclose(rel, expected, atol=1e-5)
 
 

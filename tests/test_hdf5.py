@@ -179,8 +179,8 @@ def robomimic_utils():
     """robomimic 0.3.0's dataset and obs utilities (its models need torchvision, absent on a CPU torch)."""
     pytest.importorskip("six", reason="robomimic 0.3.0 needs six (undeclared): pip install six")
     try:
-        from robomimic.config import config_factory
         import robomimic.utils.obs_utils as ObsUtils
+        from robomimic.config import config_factory
         from robomimic.utils.dataset import SequenceDataset
     except ImportError as exc:
         pytest.skip(f"robomimic 0.3.0 is not installed ({exc}); pip install --no-deps robomimic==0.3.0 six "

@@ -145,7 +145,8 @@ def test_a_resume_removes_the_partial_files_a_killed_zarr_write_leaves_and_a_rea
     store = toy_store(path)
     store.append_episode({"action": np.ones((3, 2), np.float32), "attempt": np.zeros(3, np.int16)}, {"seed": 7})
     store.flush()
-    left = [path / "data" / "action" / "c" / "0" / "0.1a2b.partial", path / "meta" / "rejected" / "zarr.json.3c.partial",
+    left = [path / "data" / "action" / "c" / "0" / "0.1a2b.partial",
+            path / "meta" / "rejected" / "zarr.json.3c.partial",
             path / "meta" / "episode_ends" / "c" / "0.4d.partial"]
     for p in left:
         p.write_bytes(b"torn")

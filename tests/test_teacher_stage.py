@@ -14,7 +14,8 @@ from tests.test_pipeline import pipeline
 
 TINY = ["teacher=ppo", "teacher.num_envs=8", "teacher.steps_per_env=8", "teacher.eval_episodes=4",
         "teacher.actor_hidden=[32]", "teacher.critic_hidden=[32]", "logger.mode=disabled",
-        "teacher.warm_start.expert_steps=20", "teacher.warm_start.bc_steps=50", "teacher.warm_start.critic_warmup_iterations=1"]
+        "teacher.warm_start.expert_steps=20", "teacher.warm_start.bc_steps=50",
+        "teacher.warm_start.critic_warmup_iterations=1"]
 DIAGNOSTICS = ["success_rate", "mean_return", "mean_episode_length", "kl", "clip_fraction", "value_loss",
                "explained_variance", "returns_var", "learning_rate", "entropy", "action_std", "action_mean_spread",
                "env_steps_per_s", "s_per_iteration", "s_per_rollout"]
@@ -37,7 +38,8 @@ def test_ppo_teacher_stage_trains_logs_plots_and_resumes(tmp_path):
     for key in DIAGNOSTICS:
         assert all(key in m for m in logged), key
     assert not any(k.startswith("grad_l2/actor.") for k in logged[0])  # critic warm-up: the actor is frozen
-    assert any(k.startswith("grad_l2/actor.0") for k in logged[-1]) and any(k.startswith("grad_max/") for k in logged[-1])
+    assert any(k.startswith("grad_l2/actor.0") for k in logged[-1])
+    assert any(k.startswith("grad_max/") for k in logged[-1])
     assert "warm start" in r.stdout
 
     for name in ("teacher_training.png", "teacher_gradients.png"):  # the stage draws its curves

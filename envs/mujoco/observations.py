@@ -111,7 +111,8 @@ class ObservationManager:
             raise ConfigError("env.observations is empty; declare at least the 'policy' and 'privileged' groups")
         for required in ("policy", "privileged"):
             if required not in groups_cfg:
-                raise ConfigError(f"env.observations has no {required!r} group; both 'policy' and 'privileged' are required")
+                raise ConfigError(f"env.observations has no {required!r} group; "
+                                  f"both 'policy' and 'privileged' are required")
         self.n_cubes, self.has_base = n_cubes, has_base
         self.groups: dict[str, list[_TermCfg]] = {}
         for group, terms in groups_cfg.items():
@@ -121,8 +122,8 @@ class ObservationManager:
                 if name not in TERMS:
                     raise ConfigError(f"env.observations.{group}.{name} is not a term; known terms: {sorted(TERMS)}")
                 if set(opts) - OPTIONS:
-                    raise ConfigError(f"env.observations.{group}.{name} has unknown options {sorted(set(opts) - OPTIONS)}; "
-                                      f"allowed: {sorted(OPTIONS)}")
+                    raise ConfigError(f"env.observations.{group}.{name} has unknown options "
+                                      f"{sorted(set(opts) - OPTIONS)}; allowed: {sorted(OPTIONS)}")
                 if TERMS[name][0] == "base" and not has_base:
                     raise ConfigError(f"env.observations.{group}.{name} needs a base cube; this task has none")
                 parsed.append(_TermCfg(name, float(opts.get("noise", 0.0)), float(opts.get("scale", 1.0)),

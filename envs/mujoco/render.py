@@ -56,8 +56,8 @@ class EnvRenderer:
 
 def _stamp(frame: np.ndarray, text: str) -> np.ndarray:
     """Draw a short caption with matplotlib's font rasteriser (no extra dependency)."""
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     h, w = frame.shape[:2]
     fig = Figure(figsize=(w / 100, h / 100), dpi=100)

@@ -97,7 +97,8 @@ def build_mjcf(spec: SceneSpec) -> str:
     <default class="visual"><geom contype="0" conaffinity="0" group="1"/></default>
   </default>
   <asset>
-    <texture name="grid" type="2d" builtin="checker" width="256" height="256" rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
+    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
+             rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
     <material name="table" texture="grid" texrepeat="6 6"/>
   </asset>
   <worldbody>

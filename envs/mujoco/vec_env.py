@@ -317,7 +317,8 @@ class MujocoVecEnv:
         for r, i in enumerate(ids):
             buf = np.zeros(self.mj_state_size)
             mujoco.mj_getState(self.models[i], self.datas[i], buf, STATE_SPEC)
-            task = [self.target[i]] + [[self.st[k][i]] for k in self._SCALARS] + [self.st[k][i] for k in self._PER_OBJECT]
+            task = ([self.target[i]] + [[self.st[k][i]] for k in self._SCALARS]
+                    + [self.st[k][i] for k in self._PER_OBJECT])
             out[r] = np.concatenate([buf] + [np.asarray(t, dtype=np.float64).reshape(-1) for t in task])
         return torch.from_numpy(out)
 
@@ -373,5 +374,6 @@ class MujocoVecEnv:
         keeps the gripper open for ``drop_steps`` steps and a burst noises ``noise_steps`` actions (a
         push acts in its start step only). Read before ``step``: a step acted under a perturbation if
         one was active here or ``extras["perturbations"]`` says one started in it."""
-        return {"drop": torch.from_numpy(self.st["drop_left"] > 0), "push": torch.zeros(self.num_envs, dtype=torch.bool),
+        return {"drop": torch.from_numpy(self.st["drop_left"] > 0),
+                "push": torch.zeros(self.num_envs, dtype=torch.bool),
                 "noise": torch.from_numpy(self.st["noise_left"] > 0)}
