@@ -8,6 +8,7 @@ Both read the flat policy vector (no tokens), with the same pooled per-type inpu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +37,7 @@ class RNNMemory:
     h: torch.Tensor  # (layers, N, H)
     c: torch.Tensor  # (layers, N, H)
 
-    def detach(self) -> "RNNMemory":
+    def detach(self) -> RNNMemory:
         return RNNMemory(self.h.detach(), self.c.detach())
 
 
@@ -118,7 +119,7 @@ class LSTMStudent(_FlatStudent):
             starts = torch.zeros(B, T, dtype=torch.bool, device=feat.device)
         cuts = [0] + [t for t in range(1, T) if bool(starts[:, t].any())] + [T]
         ys = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             memory = self.reset_memory(memory, starts[:, a])
             y, (h, c) = self.rnn(feat[:, a:b], (memory.h, memory.c))
             memory = RNNMemory(h, c)

@@ -64,10 +64,10 @@ class BlockMemory:
     v: torch.Tensor  # (N, V, H, K*S, Dh)
     count: torch.Tensor  # (N,) long: steps of the current block in the cache, 0..K-1
 
-    def detach(self) -> "BlockMemory":
+    def detach(self) -> BlockMemory:
         return BlockMemory(*(getattr(self, f.name).detach() for f in fields(self)))
 
-    def select(self, mask: torch.Tensor, other: "BlockMemory") -> "BlockMemory":
+    def select(self, mask: torch.Tensor, other: BlockMemory) -> BlockMemory:
         """Rows where mask (N,) is set from ``other``, the rest from self."""
         def pick(a, b):
             return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), b, a)
