@@ -11,8 +11,8 @@ whole block at every layer) gives a candidate, and the carried memory is updated
 GRU gate (bias towards keeping the old memory; tanh keeps it in [-1, 1]) or through RMSNorm: a raw
 residual stream carried block to block grows without bound (a probe: norm 400 at step 40, 11,000 at 1000).
 
-Step mode keeps the current block's per-layer keys/values in a fixed (K*S)-slot cache plus a step
-counter; sequence mode runs the very same ``_advance`` on chunks of up to K steps (cut at block ends
+Step mode keeps, per layer, a fixed cache of M + K*S key/value slots (the memory's, then the current
+block's steps) plus a step counter; sequence mode runs the very same ``_advance`` on chunks of up to K steps (cut at block ends
 and episode starts), so both modes compute the same function: only the batching of the arithmetic
 differs. Cost per step is constant: at most M + K*S keys per layer, whatever the episode's length.
 Episode starts reset the memory (zero tokens, empty cache, counter 0) in both modes.
@@ -22,7 +22,7 @@ P passes: the layer stack is applied P times with shared weights (depth P*L, one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,9 @@ class HistoryConfig:
 class BlockMemory:
     """Recurrent state of N envs. V = passes * n_layers, H heads, Dh head width, S tokens per step."""
     tokens: torch.Tensor  # (N, M, D) carried memory
-    mem_k: torch.Tensor  # (N, V, H, M, Dh) keys of the memory pass, per pass-layer
-    mem_v: torch.Tensor  # (N, V, H, M, Dh)
-    k: torch.Tensor  # (N, V, H, K*S, Dh) this block's keys; step j in slots [j*S, (j+1)*S)
-    v: torch.Tensor  # (N, V, H, K*S, Dh)
+    k: torch.Tensor  # (N, V, H, M + K*S, Dh) keys per pass-layer: slots [0, M) the memory pass's,
+    #                  then step j of the current block in [M + j*S, M + (j+1)*S)
+    v: torch.Tensor  # (N, V, H, M + K*S, Dh)
     count: torch.Tensor  # (N,) long: steps of the current block in the cache, 0..K-1
 
     def detach(self) -> BlockMemory:
@@ -84,18 +83,19 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, h, ctx_k, ctx_v, mask):
-        """h (B, N, D) normed queries' stream; ctx_k/v (B, H, C, Dh) context; mask (B, 1, N, C + N) bool.
-        Returns (branch output (B, N, D), own k, own v (B, H, N, Dh))."""
+    def forward(self, h, store, mask):
+        """h (B, N, D) the normed stream; ``store(k, v)`` puts this layer's own keys/values (B, H, N, Dh)
+        where they belong and returns the keys/values to attend over (B, H, C, Dh); mask (B|1, 1, N, C)
+        bool. Returns the branch output (B, N, D)."""
         B, N, D = h.shape
         q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
-        q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(q, torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2), attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D)), k, v
+        keys, values = store(self.k_norm(k), v)
+        y = F.scaled_dot_product_attention(self.q_norm(q), keys, values, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
 class Layer(nn.Module):
-    """Pre-norm transformer layer whose attention also reads a given key/value context."""
+    """Pre-norm transformer layer whose attention reads what ``store`` gives it (a cache, a context)."""
 
     def __init__(self, cfg: HistoryConfig):
         super().__init__()
@@ -104,11 +104,9 @@ class Layer(nn.Module):
         self.attn = Attention(cfg)
         self.fc, self.out = nn.Linear(cfg.d_model, hidden), nn.Linear(hidden, cfg.d_model)
 
-    def forward(self, x, ctx_k, ctx_v, mask):
-        a, k, v = self.attn(self.ln1(x), ctx_k, ctx_v, mask)
-        x = x + a
-        x = x + self.out(F.gelu(self.fc(self.ln2(x))))
-        return x, k, v
+    def forward(self, x, store, mask):
+        x = x + self.attn(self.ln1(x), store, mask)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 
 class MemoryGate(nn.Module):
@@ -174,43 +172,47 @@ class HistoryTransformer(StudentMixin, nn.Module):
         x = tokens + self.slot_emb  # (N, M, D)
         N, M, _ = x.shape
         H, Dh = self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
-        empty = x.new_zeros(N, H, 0, Dh)
         if M == 0:  # no memory: an empty context for every pass-layer
             return (x.new_zeros(N, len(self.virtual_layers), H, 0, Dh),) * 2
-        mask = torch.ones(1, 1, M, M, dtype=torch.bool, device=x.device)
         ks, vs = [], []
-        for layer in self.virtual_layers:
-            x, k, v = layer(x, empty, empty, mask)
+
+        def own(k, v):  # the memory attends to itself only
             ks.append(k)
             vs.append(v)
+            return k, v
+        for layer in self.virtual_layers:
+            x = layer(x, own, None)
         return torch.stack(ks, 1), torch.stack(vs, 1)
 
     def _write(self, tokens, k, v) -> torch.Tensor:
-        """The next memory from the old one (N, M, D) and the complete block's cache (N, V, H, K*S, Dh)."""
+        """The next memory from the old one (N, M, D) and the complete block's step slots of the cache
+        (N, V, H, K*S, Dh)."""
         x = tokens + self.slot_emb + self.write_emb  # (N, M, D) queries
-        M, C = x.shape[1], k.shape[-2]
-        mask = torch.ones(1, 1, M, C + M, dtype=torch.bool, device=x.device)
         for i, layer in enumerate(self.virtual_layers):
-            x, _, _ = layer(x, k[:, i], v[:, i], mask)
+            x = layer(x, lambda k_own, v_own, i=i: (torch.cat([k[:, i], k_own], 2), torch.cat([v[:, i], v_own], 2)), None)
         candidate = self.ln_mem(x)  # a normalised candidate: its scale is the stream's, not the gate's problem
         if self.cfg.memory_update == "gate":
             return self.update(tokens, candidate)
         return self.update(tokens + candidate)  # RMSNorm: per-token RMS equal to its weight
 
-    def initial_memory(self, n: int, device=None) -> BlockMemory:
+    def _fresh(self, tokens: torch.Tensor) -> BlockMemory:
+        """A block's start: the memory pass of ``tokens`` in the memory slots, empty step slots."""
         cfg = self.cfg
+        mem_k, mem_v = self._memory_pass(tokens)  # (N, V, H, M, Dh)
+        steps = mem_k.new_zeros(*mem_k.shape[:3], cfg.block * self.S, mem_k.shape[-1])
+        count = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return BlockMemory(tokens, torch.cat([mem_k, steps], 3), torch.cat([mem_v, steps], 3), count)
+
+    def initial_memory(self, n: int, device=None) -> BlockMemory:
         device = device or self.act_emb.device
-        V, H, Dh = cfg.passes * cfg.n_layers, cfg.n_heads, cfg.d_model // cfg.n_heads
-        tokens = torch.zeros(n, cfg.n_memory, cfg.d_model, device=device)
-        mem_k, mem_v = self._memory_pass(tokens)
-        cache = torch.zeros(n, V, H, cfg.block * self.S, Dh, device=device)
-        return BlockMemory(tokens, mem_k, mem_v, cache, cache.clone(), torch.zeros(n, dtype=torch.long, device=device))
+        return self._fresh(torch.zeros(n, self.cfg.n_memory, self.cfg.d_model, device=device))
 
     def reset_memory(self, memory: BlockMemory, done: torch.Tensor) -> BlockMemory:
         """Finished envs (done (N,) bool) start over: zero memory, empty cache, counter 0."""
         if not bool(done.any()):
             return memory
         return memory.select(done.to(memory.count.device), self.initial_memory(done.shape[0], memory.tokens.device))
+
 
     # ---- the one computation both modes share ---------------------------------------------------
     def _step_tokens(self, obs: dict) -> torch.Tensor:
@@ -233,45 +235,36 @@ class HistoryTransformer(StudentMixin, nn.Module):
         count = memory.count
         step = count[:, None] + torch.arange(L, device=dev)  # (B, L) position in the block
         x = (chunk + self.step_emb[step.clamp(max=K - 1)][:, :, None]).reshape(B, L * S, D)
-        q_step = torch.arange(L, device=dev).repeat_interleave(S)  # (L*S,)
         slot_step = torch.arange(K, device=dev).repeat_interleave(S)  # (K*S,)
         M = memory.tokens.shape[1]
         mask = torch.cat([
-            torch.ones(B, L * S, M, dtype=torch.bool, device=dev),  # memory: always
-            (slot_step[None, None, :] < count[:, None, None]).expand(B, L * S, K * S),  # earlier steps of the block
-            (q_step[None, :, None] >= q_step[None, None, :]).expand(B, L * S, L * S),  # this chunk, causal by step
-        ], dim=-1)[:, None]  # (B, 1, L*S, M + K*S + L*S)
+            torch.ones(1, L * S, M, dtype=torch.bool, device=dev).expand(B, -1, -1),  # memory: always
+            slot_step[None, None, :] <= step.repeat_interleave(S, 1)[:, :, None],  # this block's steps <= own
+        ], dim=-1)[:, None]  # (B, 1, L*S, M + K*S)
+        # Cache slots of the chunk's valid tokens: step count + j, token s -> slot M + (count + j)*S + s.
+        b, j = (torch.arange(L, device=dev)[None] < length[:, None]).nonzero(as_tuple=True)  # (n,)
+        b_tok = b.repeat_interleave(S)  # (n*S,)
+        src = (j[:, None] * S + torch.arange(S, device=dev)).reshape(-1)  # token within the chunk
+        dst = M + ((count[b] + j)[:, None] * S + torch.arange(S, device=dev)).reshape(-1)  # slot in the cache
         ks, vs = [], []
+
+        def write(cache, new):  # cache (B, H, C, Dh), new (B, H, L*S, Dh): out of place, autograd-safe
+            new_rows = new.transpose(1, 2)[b_tok, src]  # (n*S, H, Dh)
+            return cache.transpose(1, 2).index_put((b_tok, dst), new_rows).transpose(1, 2)
         for i, layer in enumerate(self.virtual_layers):
-            ctx_k = torch.cat([memory.mem_k[:, i], memory.k[:, i]], 2)  # (B, H, M + K*S, Dh)
-            ctx_v = torch.cat([memory.mem_v[:, i], memory.v[:, i]], 2)
-            x, k, v = layer(x, ctx_k, ctx_v, mask)
-            ks.append(k)
-            vs.append(v)
+            def store(k, v, i=i):
+                ks.append(write(memory.k[:, i], k))
+                vs.append(write(memory.v[:, i], v))
+                return ks[-1], vs[-1]
+            x = layer(x, store, mask)
         out = self.ln_f(x).view(B, L, S, D)[:, :, -1]  # (B, L, D) the ACT tokens
-
-        # Write the chunk's valid steps into the cache slots [count, count + length).
-        chunk_k, chunk_v = torch.stack(ks, 1), torch.stack(vs, 1)  # (B, V, H, L*S, Dh)
-        rel = torch.arange(K, device=dev)[None] - count[:, None]  # (B, K) slot step -> chunk step
-        take = ((rel >= 0) & (rel < length[:, None])).repeat_interleave(S, 1)  # (B, K*S)
-        src = (rel.clamp(0, L - 1)[:, :, None] * S + torch.arange(S, device=dev)).reshape(B, K * S)
-        idx = src[:, None, None, :, None].expand(B, *memory.k.shape[1:])  # (B, V, H, K*S, Dh)
-        sel = take[:, None, None, :, None]
-        k_cache = torch.where(sel, chunk_k.gather(3, idx), memory.k)
-        v_cache = torch.where(sel, chunk_v.gather(3, idx), memory.v)
         count = count + length
-        new = BlockMemory(memory.tokens, memory.mem_k, memory.mem_v, k_cache, v_cache, count)
+        new = BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count)
 
-        full = count == K  # (B,) blocks that just completed: write the memory, empty the cache
-        if bool(full.any()) and M > 0:
-            tokens = self._write(memory.tokens, k_cache, v_cache)
-            mem_k, mem_v = self._memory_pass(tokens)
-            written = BlockMemory(tokens, mem_k, mem_v, torch.zeros_like(k_cache), torch.zeros_like(v_cache),
-                                  torch.zeros_like(count))
-            new = new.select(full, written)
-        elif bool(full.any()):
-            new = new.select(full, replace(new, k=torch.zeros_like(k_cache), v=torch.zeros_like(v_cache),
-                                           count=torch.zeros_like(count)))
+        full = count == K  # (B,) blocks that just completed: write the memory, start a fresh block
+        if bool(full.any()):
+            tokens = self._write(memory.tokens, new.k[:, :, :, M:], new.v[:, :, :, M:]) if M > 0 else memory.tokens
+            new = new.select(full, self._fresh(tokens))
         return out, new
 
     # ---- the policy interface -------------------------------------------------------------------

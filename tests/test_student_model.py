@@ -146,7 +146,7 @@ def test_memory_norm_bounded_over_25x_the_window(update):
 
 def test_kv_cache_never_holds_more_than_k_steps():
     model = make("transformer_p2_norm_prev")
-    K, S, V = model.cfg.block, model.S, model.cfg.passes * model.cfg.n_layers
+    K, S, V, M = model.cfg.block, model.S, model.cfg.passes * model.cfg.n_layers, model.cfg.n_memory
     H, Dh = model.cfg.n_heads, model.cfg.d_model // model.cfg.n_heads
     B, T = 3, 4 * K + 1
     obs = random_obs(model, B, T)
@@ -155,12 +155,11 @@ def test_kv_cache_never_holds_more_than_k_steps():
     with torch.no_grad():
         for t in range(T):
             _, memory = model.act({k: v[:, t] for k, v in obs.items()}, memory)
-            assert memory.k.shape == memory.v.shape == (B, V, H, K * S, Dh)
-            assert memory.mem_k.shape == (B, V, H, model.cfg.n_memory, Dh)
+            assert memory.k.shape == memory.v.shape == (B, V, H, M + K * S, Dh)  # memory slots, then K steps
             assert torch.equal(memory.count, torch.full((B,), (t + 1) % K))
-            filled = memory.k.abs().sum((1, 2, 4)).view(B, K, S).sum(-1) > 0  # (B, K) slots in use
+            filled = memory.k[:, :, :, M:].abs().sum((1, 2, 4)).view(B, K, S).sum(-1) > 0  # (B, K) steps in use
             assert torch.equal(filled, torch.arange(K)[None].expand(B, K) < memory.count[:, None])
-            sizes.add(sum(getattr(memory, f).numel() for f in ("tokens", "mem_k", "mem_v", "k", "v", "count")))
+            sizes.add(sum(getattr(memory, f).numel() for f in ("tokens", "k", "v", "count")))
     assert len(sizes) == 1  # the state is the same size at step 1 and at step 4K+1
 
 
