@@ -213,7 +213,6 @@ class HistoryTransformer(StudentMixin, nn.Module):
             return memory
         return memory.select(done.to(memory.count.device), self.initial_memory(done.shape[0], memory.tokens.device))
 
-
     # ---- the one computation both modes share ---------------------------------------------------
     def _step_tokens(self, obs: dict) -> torch.Tensor:
         """obs groups (..., D) -> step tokens (..., S, D), the ACT token last."""
@@ -301,6 +300,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
             memory = self.reset_memory(memory, active & starts.gather(1, p[:, None])[:, 0])
             length = torch.minimum(K - memory.count, next_start.gather(1, p[:, None])[:, 0] - pos)
             length = torch.where(active, length, torch.zeros_like(length))
+            if bool((length[active] < 1).any()):  # a broken counter would loop forever
+                raise RuntimeError(f"memory step counter out of range: {memory.count.tolist()} (block {K})")
             L = int(length.max())
             t_idx = (pos[:, None] + torch.arange(L, device=dev)).clamp(max=T - 1)  # (B, L)
             chunk = tokens.gather(1, t_idx[:, :, None, None].expand(B, L, S, D))  # (B, L, S, D)
