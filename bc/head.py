@@ -1,0 +1,83 @@
+"""What every student shares: the Gaussian action head, the BC loss, and the interface helpers.
+
+The rules (DESIGN.md): the std is a free log-std parameter in log space, never clipped or clamped;
+actions are never clipped, neither in the model nor in the loss. The loss is the Gaussian negative
+log-likelihood of the dataset's raw actions, optionally plus an MSE term on the mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from bc.tokens import Normalizer
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """feature (..., F) -> Normal over raw actions (..., A).
+
+    The MLP predicts the mean in normalised action units (the normaliser maps it back, an affine map);
+    ``log_std`` (A,) is a free parameter in raw action units, initialised from ``init_std`` (e.g. the
+    dataset's action spread: under Adam a free log-std moves only about lr per step)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], action_dim: int, init_std: float | list[float]):
+        super().__init__()
+        self.mlp = mlp([in_dim, *hidden, action_dim])
+        std = torch.as_tensor(init_std, dtype=torch.float32).expand(action_dim).clone()
+        self.log_std = nn.Parameter(std.log())
+
+    def forward(self, feature: torch.Tensor, norm: Normalizer) -> Normal:
+        mean = norm.action_out(self.mlp(feature))  # (..., A)
+        return Normal(mean, self.log_std.exp().expand_as(mean))
+
+
+def bc_loss(dist: Normal, actions: torch.Tensor, valid: torch.Tensor | None = None,
+            mse_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Mean over valid steps of -log p(raw action) summed over action dims (+ mse_weight * MSE of the
+    mean). ``actions`` (..., A) exactly as stored; ``valid`` (...) bool masks padding."""
+    nll = -dist.log_prob(actions).sum(-1)  # (...)
+    sq = (dist.mean - actions).pow(2).mean(-1)  # (...)
+    if valid is None:
+        valid = torch.ones_like(nll, dtype=torch.bool)
+    w = valid.to(nll.dtype)
+    n = w.sum().clamp_min(1.0)  # a count, not a std: an all-padding batch gives loss 0, not NaN
+    nll_mean, mse_mean = (nll * w).sum() / n, (sq * w).sum() / n
+    loss = nll_mean + mse_weight * mse_mean
+    return loss, {"nll": nll_mean.detach(), "mse": mse_mean.detach(),
+                  "std_mean": dist.stddev.detach().mean()}
+
+
+class StudentMixin:
+    """Helpers shared by the three students (each has ``spec``, ``cfg``, ``kind``, ``norm``, ``head``)."""
+
+    is_recurrent = True
+
+    def config_dict(self) -> dict:
+        """Everything ``student_from_config`` needs to rebuild this model (the weights go apart)."""
+        from dataclasses import asdict
+        group = self.cfg.group
+        return {"kind": self.kind, "spec": {group: self.spec.to_dict()[group]}, "cfg": asdict(self.cfg)}
+
+    def fit_normalizer(self, obs: torch.Tensor, actions: torch.Tensor | None = None,
+                       init_std_from_actions: bool = False) -> None:
+        """obs (..., D) of the policy group, actions (..., A) raw. Optionally start the log-std at the
+        actions' spread (per dim), so the NLL does not spend its first epochs moving the std."""
+        self.norm.fit(obs, actions)
+        if init_std_from_actions and actions is not None:
+            with torch.no_grad():
+                self.head.log_std.copy_(self.norm.act_std.log())
+
+    def act_inference(self, obs: dict, memory=None):
+        """The deterministic action (the mean) for evaluation."""
+        dist, memory = self.act(obs, memory)
+        return dist.mean, memory
