@@ -12,10 +12,10 @@ GRU gate (bias towards keeping the old memory; tanh keeps it in [-1, 1]) or thro
 residual stream carried block to block grows without bound (a probe: norm 400 at step 40, 11,000 at 1000).
 
 Step mode keeps, per layer, a fixed cache of M + K*S key/value slots (the memory's, then the current
-block's steps) plus a step counter; sequence mode runs the very same ``_advance`` on chunks of up to K steps (cut at block ends
-and episode starts), so both modes compute the same function: only the batching of the arithmetic
-differs. Cost per step is constant: at most M + K*S keys per layer, whatever the episode's length.
-Episode starts reset the memory (zero tokens, empty cache, counter 0) in both modes.
+block's steps) plus a step counter; sequence mode runs the very same ``_advance`` on chunks of up to
+K steps (cut at block ends and episode starts), so both modes compute the same function: only the
+batching of the arithmetic differs. Cost per step is constant: at most M + K*S keys per layer,
+whatever the episode's length. Episode starts reset the memory (zero tokens, empty cache, counter 0) in both modes.
 
 P passes: the layer stack is applied P times with shared weights (depth P*L, one cache per pass-layer).
 """
@@ -133,9 +133,11 @@ class HistoryTransformer(StudentMixin, nn.Module):
     def __init__(self, spec: ObsSpec, cfg: HistoryConfig):
         super().__init__()
         if cfg.d_model % cfg.n_heads or cfg.block < 1 or cfg.passes < 1 or cfg.n_memory < 0:
-            raise ConfigError(f"bc.model: need d_model % n_heads == 0, block >= 1, passes >= 1, n_memory >= 0 (got {cfg})")
+            raise ConfigError(f"bc.model: need d_model % n_heads == 0, block >= 1, passes >= 1, n_memory >= 0 "
+                              f"(got {cfg})")
         if cfg.init not in ("safe", "default") or cfg.memory_update not in ("gate", "norm"):
-            raise ConfigError(f"bc.model: init must be safe|default, memory_update gate|norm (got {cfg.init!r}, {cfg.memory_update!r})")
+            raise ConfigError(f"bc.model: init must be safe|default, memory_update gate|norm "
+                              f"(got {cfg.init!r}, {cfg.memory_update!r})")
         self.spec, self.cfg = spec, cfg
         D, M, K = cfg.d_model, cfg.n_memory, cfg.block
         self.norm = Normalizer(spec, cfg.group, cfg.action_dim)
@@ -189,7 +191,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
         (N, V, H, K*S, Dh)."""
         x = tokens + self.slot_emb + self.write_emb  # (N, M, D) queries
         for i, layer in enumerate(self.virtual_layers):
-            x = layer(x, lambda k_own, v_own, i=i: (torch.cat([k[:, i], k_own], 2), torch.cat([v[:, i], v_own], 2)), None)
+            x = layer(x, lambda k_own, v_own, i=i: (torch.cat([k[:, i], k_own], 2), torch.cat([v[:, i], v_own], 2)),
+                      None)
         candidate = self.ln_mem(x)  # a normalised candidate: its scale is the stream's, not the gate's problem
         if self.cfg.memory_update == "gate":
             return self.update(tokens, candidate)
@@ -329,7 +332,8 @@ def build_student(kind: str, spec: ObsSpec, cfg: dict | None = None) -> nn.Modul
     cfg = dict(cfg or {})
     unknown = set(cfg) - {f.name for f in fields(cfg_cls)}
     if unknown:
-        raise ConfigError(f"bc.model={kind}: unknown config keys {sorted(unknown)}; known: {[f.name for f in fields(cfg_cls)]}")
+        known = [f.name for f in fields(cfg_cls)]
+        raise ConfigError(f"bc.model={kind}: unknown config keys {sorted(unknown)}; known: {known}")
     return model_cls(spec, cfg_cls(**cfg))
 
 

@@ -153,14 +153,16 @@ def main() -> None:
         print(f"{'full recompute':<34}{b:>6}{full[b][10]:>12.3f}{f_last:>14}")
     print(f"ours, process CPU time: batch 64 {ours_cpu[64][8]:.3f} -> {ours_cpu[64][last]:.3f} ms, "
           f"batch 1 {ours_cpu[1][8]:.3f} -> {ours_cpu[1][last]:.3f} ms")
-    print("full recompute, batch 64, measured: " + ", ".join(f"{t} steps {full[64][t]:.1f} ms" for t in sorted(full[64])))
+    measured = ", ".join(f"{t} steps {full[64][t]:.1f} ms" for t in sorted(full[64]))
+    print("full recompute, batch 64, measured: " + measured)
     result = {
         "bench": "history_cost", "env": args.env, "threads": args.threads, "tokens_per_step": model.S,
         "config": {k: getattr(cfg, k) for k in ("d_model", "n_heads", "n_layers", "n_memory", "block", "passes")},
         "ours": ours[64][last], "baseline": full64_last, "ratio": ours[64][last] / ours[64][8],
         "baseline_extrapolated_from_steps": sorted(full[64]),
         "ratio_batch1": ours[1][last] / ours[1][8],
-        "ratio_cpu_time": ours_cpu[64][last] / ours_cpu[64][8], "ratio_cpu_time_batch1": ours_cpu[1][last] / ours_cpu[1][8],
+        "ratio_cpu_time": ours_cpu[64][last] / ours_cpu[64][8],
+        "ratio_cpu_time_batch1": ours_cpu[1][last] / ours_cpu[1][8],
         "ours_cpu_ms": {str(b): {"10": ours_cpu[b][8], str(last): ours_cpu[b][last]} for b in ours_cpu},
         "ours_ms": {str(b): {"10": ours[b][8], str(last): ours[b][last]} for b in ours},
         "full_recompute_ms": {"64": {str(t): v for t, v in sorted(full[64].items())} | {f"{last}_fit": full64_last},

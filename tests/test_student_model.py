@@ -203,7 +203,8 @@ def _bit_task(B: int, T: int, g: torch.Generator):
 
 
 MEMORY_TASK = {
-    "transformer": {"d_model": 32, "n_heads": 2, "n_layers": 1, "n_memory": 2, "block": 4, "head_hidden": [32], "init_std": 0.5},
+    "transformer": {"d_model": 32, "n_heads": 2, "n_layers": 1, "n_memory": 2, "block": 4, "head_hidden": [32],
+                    "init_std": 0.5},
     "rnn": {"hidden": [32], "rnn_hidden": 32, "rnn_layers": 1, "head_hidden": [32], "init_std": 0.5},
     "mlp": {"hidden": [32], "head_hidden": [32], "init_std": 0.5},
 }
