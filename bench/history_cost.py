@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bc.model import HistoryConfig, HistoryTransformer
 from envs.mujoco.observations import ObservationManager
+from rl.student.model import HistoryConfig, HistoryTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The students (bc/model.py, bc/baselines.py): exact step/sequence equality, resets, bounded memory and
+"""The students (rl/student/model.py, rl/student/baselines.py): exact step/sequence equality, resets, bounded memory and
 cache, the unclamped Gaussian head, a memory task only a history model solves, safe init, config round trip."""
 
 import json
@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from bc.head import bc_loss
-from bc.model import BlockMemory, build_student, student_from_config
 from envs.base import ConfigError, ObsSpec, ObsTerm
 from envs.mujoco.observations import ObservationManager
+from rl.student.head import bc_loss
+from rl.student.model import BlockMemory, build_student, student_from_config
 from tests.conftest import ROOT
 
 torch.set_num_threads(1)

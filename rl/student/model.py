@@ -1,6 +1,6 @@
 """The history student: a block-recurrent transformer over entity tokens with memory tokens.
 
-Per control step: S tokens = one per entity (bc/tokens.py) [+ previous action] + one ACT token whose
+Per control step: S tokens = one per entity (rl/student/tokens.py) [+ previous action] + one ACT token whose
 output feeds the Gaussian head. Steps are grouped in blocks of K steps (counted from the episode's
 start). Within a block, step t's tokens attend to
   * the M memory tokens as they were at the block's start (their keys/values at every layer come from
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bc.head import GaussianHead, StudentMixin
-from bc.tokens import EntityTokenizer, Normalizer, prev_action_input
 from envs.base import ConfigError, ObsSpec
+from rl.student.head import GaussianHead, StudentMixin
+from rl.student.tokens import EntityTokenizer, Normalizer, prev_action_input
 
 
 @dataclass
@@ -323,7 +323,7 @@ _KINDS = ("transformer", "mlp", "rnn")
 
 def build_student(kind: str, spec: ObsSpec, cfg: dict | None = None) -> nn.Module:
     """kind: transformer | mlp | rnn; cfg: that kind's config fields (unknown keys: ConfigError)."""
-    from bc.baselines import LSTMStudent, MLPStudent, StudentConfig
+    from rl.student.baselines import LSTMStudent, MLPStudent, StudentConfig
     classes = {"transformer": (HistoryTransformer, HistoryConfig), "mlp": (MLPStudent, StudentConfig),
                "rnn": (LSTMStudent, StudentConfig)}
     if kind not in classes:

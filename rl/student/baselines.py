@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bc.head import GaussianHead, StudentMixin, mlp
-from bc.tokens import Normalizer, prev_action_input
 from envs.base import ConfigError, ObsSpec
+from rl.student.head import GaussianHead, StudentMixin, mlp
+from rl.student.tokens import Normalizer, prev_action_input
 
 
 @dataclass

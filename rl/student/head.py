@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from bc.tokens import Normalizer
+from rl.student.tokens import Normalizer
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
