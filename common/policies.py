@@ -8,8 +8,9 @@ builds the policy with the loader registered for its kind. A new kind is one fun
     @register("student")
     def _student(ckpt: dict, env, device: torch.device) -> Policy:
         check_obs_spec(ckpt, env, ["policy"])
-        ...  # build the model from the checkpoint's config, load its weights, move it to device
-        return MyStudentPolicy(model, device)
+        model = student_from_config(ckpt["model_cfg"])  # rl/student: the model's class and config
+        model.load_state_dict(ckpt["model"])
+        return NetworkPolicy(model, device, kind="student")  # memory carried and reset per episode
 
 Loaders must not import a stage package (teacher/, bc/, ...): the model they build lives in rl/ or
 common/, so that evaluation/ can load every kind.
@@ -124,7 +125,32 @@ class ScriptedPolicy(Policy):
         self.expert.reset(done)
 
 
-class PolicyTeacher(Policy):
+class NetworkPolicy(Policy):
+    """Any network of ``rl/``'s policy interface acting with its mean action, its recurrent memory
+    carried from step to step and reset where an episode starts: ``act_inference(obs, memory) ->
+    (action, memory)``, ``initial_memory(n)``, ``reset_memory(memory, done)`` (an MLP's memory is None)."""
+
+    def __init__(self, net, device: str | torch.device = "cpu", kind: str = ""):
+        super().__init__(device)
+        self.net = net.to(self.device).eval()
+        self.kind = kind or self.kind
+        self.memory = None
+
+    @torch.no_grad()
+    def reset(self, done) -> None:
+        done = torch.as_tensor(done).to(self.device)
+        if self.memory is None or bool(done.all()):
+            self.memory = self.net.initial_memory(len(done))
+        else:
+            self.memory = self.net.reset_memory(self.memory, done)
+
+    @torch.no_grad()
+    def act(self, obs: dict) -> torch.Tensor:
+        action, self.memory = self.net.act_inference({k: v.to(self.device) for k, v in obs.items()}, self.memory)
+        return action
+
+
+class PolicyTeacher(NetworkPolicy):
     """A trained PPO teacher acting with its mean action (the injected failures supply the variety):
     the weights the teacher stage selected by closed-loop success if it selected (teacher.select),
     else the last ones."""
@@ -133,15 +159,11 @@ class PolicyTeacher(Policy):
 
     def __init__(self, ckpt: dict | None = None, policy: MLPActorCritic | None = None,
                  device: str | torch.device = "cpu"):
-        super().__init__(device)
         if policy is None:
             policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
             policy.load_state_dict((ckpt.get("selected") or ckpt)["model"])
-        self.policy = policy.to(self.device).eval()
-
-    @torch.no_grad()
-    def act(self, obs: dict) -> torch.Tensor:
-        return self.policy.act_inference({k: v.to(self.device) for k, v in obs.items()})[0]
+        super().__init__(policy, device)
+        self.policy = self.net
 
 
 @register("scripted")

@@ -174,3 +174,25 @@ def test_evaluation_seeds_stay_apart_from_selection_and_training():
         selection = {selection_seed(seed) + ROUND_STRIDE * r for r in rounds}
         training = {seed, seed + 1, seed + 2, seed + 211} | {seed + 100 + 1000 * r for r in range(8)}
         assert not evaluation & selection and not (evaluation | selection) & training
+
+
+def test_a_network_policy_carries_its_memory_and_resets_it_where_an_episode_starts():
+    """What a student's loader returns (NetworkPolicy): the memory goes from step to step, per env."""
+    from common.policies import NetworkPolicy
+
+    class Counter(torch.nn.Module):  # rl/'s policy interface; the action is the steps since the reset
+        def initial_memory(self, n):
+            return torch.zeros(n)
+
+        def reset_memory(self, memory, done):
+            return torch.where(done, torch.zeros_like(memory), memory)
+
+        def act_inference(self, obs, memory):
+            return memory[:, None].expand(-1, 2).clone(), memory + 1
+
+    policy = NetworkPolicy(Counter(), "cpu", kind="counter")
+    obs = {"policy": torch.zeros(3, 4)}
+    policy.reset(torch.ones(3, dtype=torch.bool))
+    assert policy.act(obs)[:, 0].tolist() == [0, 0, 0] and policy.act(obs)[:, 0].tolist() == [1, 1, 1]
+    policy.reset(torch.tensor([True, False, False]))
+    assert policy.act(obs)[:, 0].tolist() == [0, 2, 2] and policy.kind == "counter"
