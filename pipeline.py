@@ -40,6 +40,7 @@ def validate(cfg: DictConfig) -> None:
 
     check_ranges(cfg)
     check_env(cfg.env, {"collect.perturbations": cfg.collect.perturbations,
+                        "eval.perturbations": cfg.eval.perturbations,
                         **({"teacher.train_perturbations": cfg.teacher.train_perturbations}
                            if "train_perturbations" in cfg.teacher else {})})
     if cfg.collect.workers > 1 and cfg.collect.retry_share_target is not None:

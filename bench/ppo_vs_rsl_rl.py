@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from common.evaluate import evaluate  # noqa: E402
+from common.evaluate import evaluate, evaluation_seed  # noqa: E402
 from envs import make_env  # noqa: E402
 from envs.rsl_rl import RslRlVecEnv, runner_config, to_tensordict  # noqa: E402
 from rl.networks import MLPActorCritic, MLPPolicyConfig  # noqa: E402
@@ -80,7 +80,7 @@ def train_rsl_rl(args):
 
 def success(act, args) -> float:
     env = make_env(env_config(args.seed, 64, train=False))
-    result = evaluate(env, act, lambda done: None, args.eval_episodes, seed=args.seed + 7919, progress=False)
+    result = evaluate(env, act, lambda done: None, args.eval_episodes, seed=evaluation_seed(args.seed), progress=False)
     env.close()
     return result["success_rate"]
 

@@ -49,16 +49,13 @@ def _worker(job: dict) -> None:
     import torch
 
     from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout
+    from common.policies import policy_from_checkpoint
     from envs import make_env
-    from envs.scripted import ScriptedExpert
-    from teacher.ppo_teacher import PolicyTeacher
 
     torch.set_num_threads(1)
     env = make_env({**job["env_cfg"], "num_threads": job["threads"]})
-    if job["teacher_ckpt"]:
-        teacher = PolicyTeacher(torch.load(job["teacher_ckpt"], weights_only=True))
-    else:
-        teacher = ScriptedExpert.for_env(env)
+    ckpt = torch.load(job["teacher_ckpt"], weights_only=True) if job["teacher_ckpt"] else {"kind": "scripted"}
+    teacher = policy_from_checkpoint(ckpt, env)
     shard = Path(job["shard"])
     if shard.exists():
         store = EpisodeStore.open(shard, mode="a", flush_every=job["flush_every"])

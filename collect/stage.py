@@ -16,13 +16,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
 from collect.parallel import collect_parallel
+from common.policies import load_checkpoint, policy_from_checkpoint
 from common.rundir import run_dir
 from datasets.store import EpisodeStore
 from datasets.summary import summarize
-from envs import env_config_dict, make_env
+from envs import env_config_with, make_env
 from envs.base import ConfigError
-from envs.scripted import ScriptedExpert
-from teacher.ppo_teacher import PolicyTeacher, load_teacher
 
 
 def code_version() -> str:
@@ -36,20 +35,18 @@ def code_version() -> str:
 
 def run(cfg) -> dict:
     c = cfg.collect
-    env_cfg = env_config_dict(cfg.env)
-    collect_env_cfg = {**env_cfg, "num_envs": int(c.num_envs),
-                       "perturbations": {**env_cfg["perturbations"], **OmegaConf.to_container(c.perturbations)}}
+    collect_env_cfg = env_config_with(cfg.env, c.perturbations, num_envs=int(c.num_envs))
     ckpt_path = Path(c.teacher_ckpt).expanduser().resolve() if c.teacher_ckpt else run_dir(cfg) / "teacher.pt"
     env = make_env(collect_env_cfg)
     if ckpt_path.exists():
-        ckpt = load_teacher(ckpt_path, env.cfg.name)
+        ckpt = load_checkpoint(ckpt_path, env.cfg.name)
         teacher_kind, teacher_sha = ckpt["kind"], file_sha256(ckpt_path)
     elif cfg.teacher.kind == "scripted":
         ckpt, teacher_kind, teacher_sha = {"kind": "scripted"}, "scripted", ""
     else:
         raise ConfigError(f"teacher checkpoint {ckpt_path} does not exist; run stage=teacher first, pass "
                           f"collect.teacher_ckpt=PATH, or use teacher=scripted")
-    teacher = ScriptedExpert.for_env(env) if teacher_kind == "scripted" else PolicyTeacher(ckpt)
+    teacher = policy_from_checkpoint(ckpt, env, path=ckpt_path)
 
     out = Path(c.out).expanduser().resolve() if c.out else run_dir(cfg) / "dataset.zarr"
     attrs = {"env": env.cfg.name, "env_cfg": collect_env_cfg, "obs_spec": env.obs_spec.to_dict(),

@@ -195,6 +195,8 @@ class FinetuneSchema:
 class EvalSchema:
     ckpt: str | None = MISSING
     num_episodes: int = count()
+    num_envs: int = count()
+    perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 
 @dataclass

@@ -1,4 +1,12 @@
-"""Closed-loop evaluation of a policy on a batched env: every env runs until its first episode ends."""
+"""Closed-loop evaluation of a policy on a batched env: every env runs until its first episode ends.
+
+The seeds: ``evaluate(..., seed)`` resets round r at ``seed + 1000003 r``; every env's episode seed
+derives from that base seed, its index and its episode counter (``envs/rng.py``). The final
+evaluations (the teacher stage's table and ``stage=eval``) start at ``evaluation_seed(seed)``, the
+teacher's weight selection at ``selection_seed(seed)``; training uses the run's seed itself and small
+offsets of it (+1, +2: the runner's generators, +211: the warm start's expert pairs, +100 + 1000 r:
+the curriculum's expert states). The three stay apart for one run's seed.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,49 @@ import torch
 from rich.progress import Progress
 
 from common.rollout import first_episodes
+from envs import env_config_with
 
 _KEYS = ("success", "return", "length", "attempts", "object_lost", "sim_unstable")
+ROUND_STRIDE = 1000003  # evaluate(): round r resets at seed + ROUND_STRIDE * r
+EVAL_SEED_OFFSET = 7919
+SELECTION_SEED_OFFSET = 31337
+
+
+def evaluation_seed(seed: int) -> int:
+    """The base seed of every final evaluation: the teacher stage's and ``stage=eval``'s."""
+    return int(seed) + EVAL_SEED_OFFSET
+
+
+def selection_seed(seed: int) -> int:
+    """The base seed of model selection in closed loop (``teacher.select``), apart from the final one's."""
+    return int(seed) + SELECTION_SEED_OFFSET
+
+
+def evaluation_env_config(cfg, num_episodes: int) -> dict:
+    """The env of a final evaluation: ``cfg.env`` as configured, without any stage's training
+    perturbations, with ``eval.perturbations`` merged in (off by default) and
+    ``min(num_episodes, eval.num_envs)`` envs (the episodes' seeds depend on that number only when
+    it is below ``num_episodes``)."""
+    return env_config_with(cfg.env, cfg.eval.perturbations, num_envs=min(int(num_episodes), int(cfg.eval.num_envs)))
+
+
+def evaluate_policy(env, policy, num_episodes: int, seed: int, progress: bool = True) -> dict:
+    """``evaluate`` for a ``common.policies.Policy``, with the devices it ran on."""
+    result = evaluate(env, policy.act, policy.reset, num_episodes, seed, progress)
+    result.update(policy_device=policy.device.type, sim_device=str(env.device))
+    return result
+
+
+def device_pairs() -> list[tuple[str, str]]:
+    """The (policy device, sim device) pairs this machine has: the MuJoCo sim runs on the CPU."""
+    return [("cpu", "cpu")] + ([("cuda", "cpu")] if torch.cuda.is_available() else [])
+
+
+def device_note() -> str:
+    """What the device columns cover on this machine (printed under every table)."""
+    cuda = ("cuda is available: the policies run on cpu and on cuda (the scripted expert on cpu only)"
+            if torch.cuda.is_available() else "cuda is not available on this machine: cpu/cpu only")
+    return f"{cuda}; the MuJoCo sim runs on the CPU only (sim device cpu)."
 
 
 def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Tensor], None],
@@ -29,7 +78,7 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
         task = bar.add_task("evaluating", total=num_episodes)
         for r in range(rounds):
             keep = min(N, num_episodes - len(episodes))
-            ep = first_episodes(env, act, reset, seed=seed + 1000003 * r,
+            ep = first_episodes(env, act, reset, seed=seed + ROUND_STRIDE * r,
                                 on_step=lambda step, keep=keep: bar.advance(task, int(step.ended[:keep].sum())))
             episodes += [{k: ep[k][i].item() for k in _KEYS} for i in range(keep)]
     success = np.array([e["success"] for e in episodes])
@@ -48,10 +97,14 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table: one row per (policy device, sim device)."""
-    head = "| policy device | sim device | Successes | Mean reward | Mean episode length | Mean attempts to success |\n"
-    head += "|---|---|---|---|---|---|\n"
+    """Markdown table: one row per (policy device, sim device), after a policy column when the rows
+    name their policy (``policy``)."""
+    named = all("policy" in r for r in rows)
+    head = ("| policy " if named else "") + ("| policy device | sim device | Successes | Mean reward "
+                                             "| Mean episode length | Mean attempts to success |\n")
+    head += "|---" * (7 if named else 6) + "|\n"
     for r in rows:
+        head += (f"| {r['policy']} " if named else "")
         head += (f"| {r['policy_device']} | {r['sim_device']} | {r['successes']}/{r['episodes']} "
                  f"({100 * r['success_rate']:.1f}%) | {r['mean_reward']:.2f} | {r['mean_episode_length']:.1f} "
                  f"| {r['mean_attempts_to_success']:.2f} |\n")

@@ -27,6 +27,16 @@ def env_config_dict(cfg: Any) -> dict:
     return data
 
 
+def env_config_with(cfg: Any, perturbations: Any = None, **overrides) -> dict:
+    """``env_config_dict(cfg)`` with a stage's perturbation overlay (``teacher.train_perturbations``,
+    ``collect.perturbations``, ``eval.perturbations``) merged into its ``perturbations`` and the
+    top-level ``overrides`` (e.g. ``num_envs``) set."""
+    data = env_config_dict(cfg)
+    if perturbations is not None:
+        data["perturbations"] = {**data.get("perturbations", {}), **_to_dict(perturbations)}
+    return {**data, **overrides}
+
+
 def _to_dict(cfg: Any) -> dict:
     try:
         from omegaconf import DictConfig, OmegaConf

@@ -1,8 +1,91 @@
-"""``python pipeline.py stage=eval``: arrives with the evaluation issue (the teacher stage already
-prints the same table for the teacher)."""
+"""``python pipeline.py stage=eval [eval.ckpt=PATH] [eval.num_episodes=N]``: the comparison table.
 
-from common.rundir import NotYetAvailable
+Every checkpoint (``eval.ckpt``, or all of the run directory's in the order teacher.pt, student*.pt,
+finetuned.pt) plays the same ``eval.num_episodes`` episodes, seeded by ``common.evaluate.evaluation_seed``
+(the teacher stage's table uses the same seeds and env, so a teacher.pt reproduces its
+teacher_eval.json), once per available (policy device, sim device) pair, with the env of the run's
+config (``env=``) and ``eval.perturbations`` (injected failures, off by default). Writes ``eval.json``
+(``rows``: one object per checkpoint and device pair) and ``eval.md`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from common.evaluate import (
+    device_note,
+    device_pairs,
+    evaluate_policy,
+    evaluation_env_config,
+    evaluation_seed,
+    format_table,
+)
+from common.policies import load_checkpoint, policy_from_checkpoint
+from common.rundir import output_path, run_dir
+from envs import make_env
+from envs.base import ConfigError
+
+PRODUCED_BY = {"teacher.pt": "teacher", "student*.pt": "bc", "finetuned.pt": "finetune"}
+
+
+def checkpoints(cfg) -> list[Path]:
+    """``eval.ckpt``, or every checkpoint of the run directory in the comparison's order."""
+    if cfg.eval.ckpt:
+        path = Path(str(cfg.eval.ckpt)).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"eval.ckpt={cfg.eval.ckpt} does not exist; pass the path of a teacher.pt, "
+                              f"student.pt or finetuned.pt")
+        return [path]
+    out = run_dir(cfg)
+    found = [p for pattern in PRODUCED_BY for p in sorted(out.glob(pattern)) if p.is_file()]
+    if not found:
+        makers = ", ".join(f"stage={stage} makes {name}" for name, stage in PRODUCED_BY.items())
+        raise ConfigError(f"no checkpoint to evaluate in {out} ({makers}); run one of those stages with the same "
+                          f"run_dir first, or pass eval.ckpt=PATH")
+    return found
 
 
 def run(cfg) -> dict:
-    raise NotYetAvailable("student evaluation (stage=eval) is still to come (the eval issue)")
+    n, seed = int(cfg.eval.num_episodes), evaluation_seed(cfg.seed)
+    paths = checkpoints(cfg)
+    env = make_env(evaluation_env_config(cfg, n))
+    # every checkpoint is read and built before anything is evaluated or written: bad input costs nothing
+    ckpts = [load_checkpoint(p, env.cfg.name) for p in paths]
+    cpu_policies = [policy_from_checkpoint(c, env, "cpu", p) for c, p in zip(ckpts, paths)]
+    json_path, md_path = output_path(cfg, "eval.json"), output_path(cfg, "eval.md")
+    rows = []
+    for path, ckpt, cpu_policy in zip(paths, ckpts, cpu_policies):
+        for policy_device, _sim in device_pairs():
+            if policy_device not in cpu_policy.devices:
+                continue
+            policy = cpu_policy if policy_device == "cpu" else policy_from_checkpoint(ckpt, env, policy_device, path)
+            result = evaluate_policy(env, policy, n, seed)
+            rows.append({"policy": path.name, "kind": policy.kind, "checkpoint": str(path), **result,
+                         "mean_attempts": result["mean_attempts_to_success"]})
+    env.close()
+    perturbations = OmegaConf.to_container(cfg.eval.perturbations, resolve=True)
+    report = {"env": env.cfg.name, "seed": seed, "num_episodes": n, "num_envs": env.num_envs,
+              "perturbations": perturbations, "devices": device_note(), "rows": rows}
+    json_path.write_text(json.dumps(_no_nan(report), indent=2, allow_nan=False))
+    table = format_table(rows)
+    failures = ", ".join(f"{k} {v:g}" for k, v in perturbations.items() if v) or "none"
+    header = (f"{env.cfg.name}, {n} episodes per row on the same seeds (evaluation seed {seed}), "
+              f"injected failures: {failures}")
+    md_path.write_text(f"# Evaluation\n\n{header}\n\n{table}\n{device_note()}\n")
+    print(f"[eval] {header}\n{table}{device_note()}\n[eval] wrote {json_path} and {md_path}")
+    return {"eval_json": str(json_path), "rows": rows}
+
+
+def _no_nan(value):
+    """JSON has no NaN: a mean over no episodes (attempts to success with no success) is null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value

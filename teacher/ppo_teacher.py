@@ -47,40 +47,6 @@ def cube_blocks(spec, group: str) -> tuple[list[list[int]], list[int]]:
     return blocks, [rel[0].start - blocks[0][0], rel[0].end - rel[0].start]
 
 
-class PolicyTeacher:
-    """A trained PPO teacher acting with its mean action (the injected failures supply the variety):
-    the weights the teacher stage selected by closed-loop success if it selected (teacher.select),
-    else the last ones."""
-
-    def __init__(self, ckpt: dict | None = None, policy: MLPActorCritic | None = None):
-        if policy is None:
-            policy = MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"]))
-            policy.load_state_dict((ckpt.get("selected") or ckpt)["model"])
-        self.policy = policy.eval()
-
-    @torch.no_grad()
-    def act(self, obs):
-        return self.policy.act_inference(obs)[0]
-
-    def reset(self, done):
-        pass
-
-
-def load_teacher(path, env_name: str) -> dict:
-    """Load a teacher checkpoint (weights only) and check it was made for ``env_name``."""
-    try:
-        ckpt = torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path} is not a readable teacher checkpoint ({type(exc).__name__}); "
-                          f"re-run stage=teacher or point to another file") from exc
-    if not isinstance(ckpt, dict) or "kind" not in ckpt:
-        raise ConfigError(f"{path} is not a teacher checkpoint of this project; re-run stage=teacher")
-    if ckpt.get("env_name") != env_name:
-        raise ConfigError(f"{path} was made for {ckpt.get('env_name')}, but this run uses {env_name}; "
-                          f"pass env=... to match or train a teacher for {env_name}")
-    return ckpt
-
-
 def expert_pairs(env, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(obs dict of (M, D), raw expert actions (M, A)) from ``steps`` steps of every env."""
     expert = ScriptedExpert.for_env(env)

@@ -16,15 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from common.evaluate import evaluate
-
-SELECTION_SEED_OFFSET = 31337  # the final evaluation uses seed + 7919
+from common.evaluate import evaluate, selection_seed
 
 
 class BestCheckpoint:
     def __init__(self, make_eval_env: Callable[[], object], every: int, episodes: int, seed: int):
         self.make_eval_env, self.every, self.episodes = make_eval_env, every, episodes
-        self.seed = seed + SELECTION_SEED_OFFSET
+        self.seed = selection_seed(seed)  # apart from the final evaluation's (common/evaluate.py)
         self.env = None
         self.best: dict | None = None  # {"iteration", "success_rate", "model"}
         self.history: list[list[float]] = []  # [iteration, success_rate] of every evaluation

@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from common.evaluate import evaluate, format_table
+from common.evaluate import device_note, evaluate_policy, evaluation_env_config, evaluation_seed, format_table
 from common.metrics import MetricsLogger
+from common.policies import PolicyTeacher, ScriptedPolicy, load_checkpoint
 from common.rundir import output_path, run_dir
-from envs import env_config_dict, make_env
+from envs import env_config_dict, env_config_with, make_env
 from envs.base import ConfigError
-from envs.scripted import ScriptedExpert
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from teacher.curriculum import ReverseCurriculum, expert_state_pool
-from teacher.ppo_teacher import PolicyTeacher, behaviour_clone, build_policy, expert_pairs, load_teacher
+from teacher.ppo_teacher import behaviour_clone, build_policy, expert_pairs
 from teacher.selection import BestCheckpoint
 
 
@@ -39,17 +39,17 @@ def _report(cfg, result: dict, label: str) -> str:
     out = run_dir(cfg)
     (out / "teacher_eval.json").write_text(json.dumps(result, indent=2))
     table = format_table([result])
-    (out / "teacher_eval.md").write_text(f"# Teacher ({result['env']}, {label})\n\n{table}")
-    print(f"teacher ({label}) on {result['env']}:\n{table}")
+    (out / "teacher_eval.md").write_text(f"# Teacher ({result['env']}, {label})\n\n{table}\n{device_note()}\n")
+    print(f"teacher ({label}) on {result['env']}:\n{table}{device_note()}")
     return table
 
 
 def _run_scripted(cfg) -> dict:
     ckpt_path = output_path(cfg, "teacher.pt")
-    env = make_env(cfg.env)
-    expert = ScriptedExpert.for_env(env)
-    result = evaluate(env, expert.act, expert.reset, int(cfg.teacher.eval_episodes), seed=int(cfg.seed))
-    result.update(policy_device="cpu", sim_device=str(env.device), env=env.cfg.name, teacher="scripted")
+    n = int(cfg.teacher.eval_episodes)
+    env = make_env(evaluation_env_config(cfg, n))
+    result = evaluate_policy(env, ScriptedPolicy(env), n, evaluation_seed(cfg.seed))
+    result.update(env=env.cfg.name, teacher="scripted")
     torch.save({"kind": "scripted", "env_name": env.cfg.name, "env_cfg": env_config_dict(cfg.env),
                 "obs_spec": env.obs_spec.to_dict(), "eval": result}, ckpt_path)
     logger = MetricsLogger(run_dir(cfg), "teacher", cfg.logger.mode, cfg.logger.project)
@@ -67,8 +67,7 @@ def _run_ppo(cfg) -> dict:
     if not resume:
         path = output_path(cfg, "teacher.pt")
     env_cfg = env_config_dict(cfg.env)
-    train_cfg = {**env_cfg, "num_envs": int(t.num_envs),
-                 "perturbations": {**env_cfg.get("perturbations", {}), **OmegaConf.to_container(t.train_perturbations)}}
+    train_cfg = env_config_with(env_cfg, t.train_perturbations, num_envs=int(t.num_envs))
     env = make_env(train_cfg)
     torch.manual_seed(int(cfg.seed))
     policy = build_policy(env, t)
@@ -93,7 +92,7 @@ def _run_ppo(cfg) -> dict:
             # the imitation term's expert pairs are not in the checkpoint; they are deterministic, so
             # rebuild them (before load: it restores the env state that this rollout changes)
             runner.ppo.set_demonstrations(*_expert_demonstrations(env, cfg))
-        runner.load(load_teacher(path, env.cfg.name))
+        runner.load(load_checkpoint(path, env.cfg.name))
         print(f"[teacher] resuming {path} at iteration {runner.iteration}")
     elif t.warm_start.enabled:
         w = t.warm_start
@@ -114,8 +113,8 @@ def _run_ppo(cfg) -> dict:
     plots = plot(load(run_dir(cfg) / "metrics.jsonl", "teacher"), run_dir(cfg) / "plots", "teacher")
     print(f"[teacher] training curves: {', '.join(str(p) for p in plots)}")
     ckpt = torch.load(path, weights_only=True)
-    extra = _deliver_selected(cfg, selector, runner.iteration, policy, env_cfg, ckpt) if selector else {}
-    result = {**evaluate_ppo_teacher(cfg, policy, env_cfg), **extra}
+    extra = _deliver_selected(cfg, selector, runner.iteration, policy, ckpt) if selector else {}
+    result = {**evaluate_ppo_teacher(cfg, policy), **extra}
     ckpt["eval"] = result
     torch.save(ckpt, path)
     _report(cfg, result, "ppo")
@@ -123,7 +122,7 @@ def _run_ppo(cfg) -> dict:
             "env_steps": last.get("env_steps"), **result}
 
 
-def _deliver_selected(cfg, selector: BestCheckpoint, last_iteration: int, policy, env_cfg: dict, ckpt: dict) -> dict:
+def _deliver_selected(cfg, selector: BestCheckpoint, last_iteration: int, policy, ckpt: dict) -> dict:
     """Load the selected weights into ``policy`` and into ``ckpt["selected"]`` (what PolicyTeacher acts
     with; ``ckpt["model"]`` stays the last weights, which a resume continues from). Returns the
     selection's numbers for the evaluation summary, with the last weights' success if they differ."""
@@ -133,7 +132,7 @@ def _deliver_selected(cfg, selector: BestCheckpoint, last_iteration: int, policy
         return {}
     extra = {}
     if best["iteration"] != last_iteration:
-        extra["last_iteration_success_rate"] = evaluate_ppo_teacher(cfg, policy, env_cfg)["success_rate"]
+        extra["last_iteration_success_rate"] = evaluate_ppo_teacher(cfg, policy)["success_rate"]
         policy.load_state_dict(best["model"])
     extra.update(selected_iteration=best["iteration"], selection_success_rate=best["success_rate"])
     ckpt["selected"] = {"iteration": best["iteration"], "success_rate": best["success_rate"], "model": best["model"]}
@@ -166,12 +165,12 @@ def _curriculum(c, env, seed: int) -> ReverseCurriculum | None:
                              budget_extra=int(c.budget_extra))
 
 
-def evaluate_ppo_teacher(cfg, policy, env_cfg: dict) -> dict:
-    """Deterministic (mean) actions on the env as configured, without the training perturbations."""
+def evaluate_ppo_teacher(cfg, policy) -> dict:
+    """Deterministic (mean) actions on the env as configured, without the training perturbations:
+    the evaluation that ``stage=eval`` of the delivered teacher.pt repeats."""
     n = int(cfg.teacher.eval_episodes)
-    env = make_env({**env_cfg, "num_envs": min(n, 64)})
-    teacher = PolicyTeacher(policy=policy)
-    result = evaluate(env, teacher.act, teacher.reset, n, seed=int(cfg.seed) + 7919)
+    env = make_env(evaluation_env_config(cfg, n))
+    result = evaluate_policy(env, PolicyTeacher(policy=policy), n, evaluation_seed(cfg.seed))
     env.close()
-    result.update(policy_device="cpu", sim_device="cpu", env=env.cfg.name, teacher="ppo")
+    result.update(env=env.cfg.name, teacher="ppo")
     return result

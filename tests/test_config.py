@@ -64,6 +64,9 @@ BAD = [
     (["bc.model=rnn"], "bc.model", "'rnn'"),
     (["finetune.critic=none"], "finetune.critic", "'none'"), (["finetune.advantage=td"], "finetune.advantage", "'td'"),
     (["eval.num_episodes=abc"], "eval.num_episodes", "'abc'"), (["eval.num_episodes=0"], "eval.num_episodes", "0"),
+    (["eval.num_envs=0"], "eval.num_envs", "0"), (["eval.num_envs=many"], "eval.num_envs", "'many'"),
+    (["eval.perturbations.drop_rate=x"], "eval.perturbations.drop_rate", "'x'"),
+    (["eval.perturbations.push_rate=1.5"], "eval.perturbations.push_rate", "1.5"),
     (["logger.mode=loud"], "logger.mode", "'loud'"),
 ]
 # what the line says is allowed: a type, a range, or the choices
@@ -71,6 +74,7 @@ ALLOWED = ("converted to", "not a valid", "allowed:", "must be", "must satisfy",
 
 UNKNOWN = [(["nonsense=1"], "nonsense"), (["env.foo=1"], "env.foo"), (["+collect.foo=1"], "collect.foo"),
            (["collect.perturbations.foo=0.1"], "collect.perturbations.foo"),
+           (["eval.perturbations.foo=0.1"], "eval.perturbations.foo"),
            (["teacher=scripted", "teacher.num_envs=3"], "teacher.num_envs"), (["+teacher.ppo.lr=1"], "teacher.ppo.lr")]
 
 

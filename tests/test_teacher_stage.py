@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
+from common.policies import PolicyTeacher, load_checkpoint
 from envs.base import ConfigError
-from teacher.ppo_teacher import PolicyTeacher, load_teacher
 from tests.conftest import ROOT
 from tests.test_pipeline import pipeline
 
@@ -60,10 +60,10 @@ def test_teacher_checkpoint_for_another_env_is_refused(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save({"kind": "ppo_mlp", "env_name": "Lift-v1"}, path)
     with pytest.raises(ConfigError, match="made for Lift-v1"):
-        load_teacher(path, "StackPickMulti-v1")
+        load_checkpoint(path, "StackPickMulti-v1")
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a readable teacher checkpoint"):
-        load_teacher(path, "Lift-v1")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        load_checkpoint(path, "Lift-v1")
 
 
 def test_resume_with_the_imitation_term_equals_an_uninterrupted_run(tmp_path, make):
@@ -120,7 +120,7 @@ def test_selection_delivers_the_selected_weights_and_reports_both(tmp_path):
 def test_the_teacher_stage_learns_lift_beyond_its_untrained_start(tmp_path):
     """Warm start and two PPO iterations (~9 s): the delivered teacher lifts the cube in its final
     evaluation, where the same network untrained does not."""
-    from common.evaluate import evaluate
+    from common.evaluate import evaluate, evaluation_seed
     from envs import make_env
     from rl.networks import MLPActorCritic, MLPPolicyConfig
 
@@ -135,8 +135,8 @@ def test_the_teacher_stage_learns_lift_beyond_its_untrained_start(tmp_path):
     ckpt = torch.load(run / "teacher.pt", weights_only=True)
     torch.manual_seed(0)
     untrained = PolicyTeacher(policy=MLPActorCritic(MLPPolicyConfig(**ckpt["policy_cfg"])))
-    env = make_env({**ckpt["env_cfg"], "num_envs": 16})
-    before = evaluate(env, untrained.act, untrained.reset, 16, seed=0 + 7919, progress=False)  # the stage's seeds
+    env = make_env({**ckpt["env_cfg"], "num_envs": 16})  # the stage's evaluation env and seeds
+    before = evaluate(env, untrained.act, untrained.reset, 16, seed=evaluation_seed(0), progress=False)
     env.close()
     assert before["successes"] == 0
     assert trained["successes"] >= 3 and trained["mean_reward"] > before["mean_reward"] + 1.0
