@@ -44,16 +44,25 @@ class BCModule(L.LightningModule):
         dist, _ = self.model.forward_sequence({k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory)
         loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
         valid = batch["valid"][:, B:]
+        info["n"] = valid.sum().to(loss.dtype)
         info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
         return loss, info
 
-    def on_train_epoch_start(self) -> None:
-        # the training RNG (previous-action dropout or noise) is a function of (seed, epoch, rank):
-        # a run resumed at an epoch boundary draws what the uninterrupted run drew
-        torch.manual_seed(self.seed * 1000003 + self.current_epoch * 7919 + self.global_rank)
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # The training RNG (previous-action dropout or noise) is a function of (seed, epoch, rank), so a
+        # run resumed at an epoch boundary draws what the uninterrupted run drew. Seeded at the epoch's
+        # first batch, not in on_train_epoch_start: the DataLoader draws its base seed from the global
+        # RNG when its iterator is made, and a resumed run makes it at another moment (measured).
+        if batch_idx == 0:
+            torch.manual_seed(self.seed * 1000003 + self.current_epoch * 7919 + self.global_rank)
 
     def training_step(self, batch, batch_idx):
         loss, info = self.loss(batch)
+        world = self.trainer.world_size
+        if world > 1:  # weight by the global count of valid steps: DDP's mean of gradients = one process's
+            n = info.pop("n")
+            loss = loss * n * world / self.all_gather(n).sum().clamp_min(1.0)
+        info.pop("n", None)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, on_step=True, on_epoch=False)
         for k, v in info.items():
             self.log(f"train_{k}", v, sync_dist=True, on_step=True, on_epoch=False)
@@ -62,7 +71,7 @@ class BCModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         loss, info = self.loss(batch)
-        n = float(batch["valid"][:, self.burn_in:].sum())
+        n = float(info.pop("n"))
         self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=max(int(n), 1))
         self.log("val_mse", info["mse"], sync_dist=True, batch_size=max(int(n), 1))
 

@@ -50,7 +50,8 @@ def plot_bc(metrics: Path, out_dir: Path) -> list[Path]:
             ax.set_xlabel("optimizer steps", fontsize=8)
             if logy:
                 ax.set_yscale("log")
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         fig.tight_layout()

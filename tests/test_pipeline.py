@@ -63,10 +63,12 @@ def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
     run = tmp_path / "all"
     r = pipeline("stage=all", "preset=quick", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
                  "teacher.eval_episodes=4",
-                 "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4")
+                 "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4", "bc.epochs=1",
+                 "bc.eval_episodes=4", "bc.model=mlp", "bc.progress=false")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "pipeline_summary.json").read_text())
     assert summary["teacher"]["episodes"] == 4
     assert summary["collect"]["episodes"] == 4 and (run / "dataset.zarr").exists()  # collect read teacher.pt
     assert (run / "plots" / "dataset" / "episodes.png").stat().st_size > 5_000
-    assert summary["bc"].startswith("to come")
+    assert summary["bc"]["model"] == "mlp" and (run / "student.pt").exists()  # bc read dataset.zarr
+    assert summary["finetune"].startswith("to come")
