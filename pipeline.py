@@ -7,7 +7,6 @@ its input there. Exit codes: 0 success, 2 bad input (one line on stderr), 1 anyt
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -86,6 +85,7 @@ def run_stage(name: str, cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from common.metrics import dumps_json
     from common.rundir import NotYetAvailable, run_dir
     from envs.base import ConfigError
     from rl.ppo import NonFiniteError
@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> None:
                 sys.exit(1)
             summary[name] = f"to come: {exc}"
             print(f"[{name}] {exc}")
-    (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "pipeline_summary.json").write_text(dumps_json(summary))
 
 
 if __name__ == "__main__":

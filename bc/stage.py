@@ -1,7 +1,185 @@
-"""``python pipeline.py stage=bc``: arrives with the behaviour-cloning issue."""
+"""``python pipeline.py stage=bc``: behaviour cloning of a student on dataset.zarr, in Lightning.
 
-from common.rundir import NotYetAvailable
+Input: ``bc.dataset`` (default ``<run_dir>/dataset.zarr``), collected on the task ``env=`` names.
+Output: ``student.pt`` (format: rl/student/checkpoint.py), Lightning's own checkpoint
+``bc_ckpt/last.ckpt`` (``bc.resume=true`` continues from it exactly), ``metrics.jsonl`` and
+``plots/bc_*.png``. The delivered weights are those with the best closed-loop success on held-out
+seeds (bc/callbacks.py), never the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from bc.callbacks import ClosedLoopSelection, MetricsWriter
+from bc.data import BCDataModule
+from bc.module import BCModule
+from common.metrics import MetricsLogger
+from common.rundir import input_path, output_path, run_dir
+from datasets.store import EpisodeStore
+from envs import env_config_dict, make_env
+from envs.base import ConfigError, ObsSpec
+from rl.student.checkpoint import STUDENT_KIND
+from rl.student.model import build_student
 
 
-def run(cfg) -> dict:
-    raise NotYetAvailable("behaviour cloning (stage=bc) is still to come (the BC issue after #5)")
+def dataset_hash(store: EpisodeStore) -> str:
+    """sha256 of the episode ends and the attrs: which data (and how much of it) a student saw."""
+    h = hashlib.sha256(np.ascontiguousarray(store.episode_ends, np.int64).tobytes())
+    h.update(json.dumps(store.attrs, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _open_dataset(cfg) -> tuple[Path, EpisodeStore]:
+    path = input_path(cfg, "dataset.zarr", cfg.bc.dataset, "collect")
+    store = EpisodeStore.open(path)
+    if store.attrs.get("env") != cfg.env.name:
+        raise ConfigError(f"{path} was collected on {store.attrs.get('env')}, not {cfg.env.name}; pass "
+                          f"env=... of that task, or a dataset of {cfg.env.name} with bc.dataset=PATH")
+    if store.committed_episodes < 2:
+        raise ConfigError(f"{path} has {store.committed_episodes} episodes; behaviour cloning needs at least 2 "
+                          f"(one to validate on): collect more")
+    return path, store
+
+
+def _model_config(cfg) -> dict:
+    b = cfg.bc
+    kind = str(b.model)
+    block = OmegaConf.to_container(b[kind], resolve=True) if kind in b else {}
+    return kind, block
+
+
+def build(cfg, spec: ObsSpec, action_dim: int) -> torch.nn.Module:
+    kind, block = _model_config(cfg)
+    return build_student(kind, spec, {**block, "action_dim": action_dim})
+
+
+def _check_resume(ckpt_path: Path, model: torch.nn.Module) -> None:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # Lightning's own file (our run's)
+    theirs = state.get("student_config")
+    if theirs != model.config_dict():
+        kind = theirs.get("kind") if isinstance(theirs, dict) else None
+        raise ConfigError(f"{ckpt_path} holds a {kind} student with another config than bc.model={model.kind} "
+                          f"and its bc.{model.kind} block; resume with the settings it was trained with, or "
+                          f"set bc.resume=false with a new run_dir")
+
+
+def run(cfg, _stop_after_epochs: int | None = None) -> dict:
+    """``_stop_after_epochs`` (tests only): end after that many epochs as a killed run would, with
+    Lightning's checkpoint written and no student.pt."""
+    b = cfg.bc
+    # DDP's launcher re-runs the command line in each other process: a default run_dir (the time) would differ
+    if not _is_rank_zero() and os.environ.get("BC_DDP_RUN_DIR"):
+        cfg.run_dir = os.environ["BC_DDP_RUN_DIR"]
+    out_dir = run_dir(cfg)
+    if str(b.strategy).startswith("ddp"):
+        os.environ["BC_DDP_RUN_DIR"] = str(out_dir)
+    ckpt_dir = out_dir / "bc_ckpt"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    resume = bool(b.resume) and last_ckpt.exists()
+    student_path = out_dir / "student.pt" if resume else output_path(cfg, "student.pt")  # resume may replace it
+    if not resume and last_ckpt.exists() and not cfg.overwrite:
+        raise ConfigError(f"{last_ckpt} exists; pass bc.resume=true to continue it, or overwrite=true to start over")
+    data_path, store = _open_dataset(cfg)
+    full_spec = ObsSpec.from_dict(store.attrs["obs_spec"])
+    env_cfg = env_config_dict(cfg.env)
+    probe = make_env({**env_cfg, "num_envs": 1})
+    env_spec, env_name = probe.obs_spec, probe.cfg.name
+    probe.close()
+    if env_spec.to_dict().get("policy") != full_spec.to_dict().get("policy"):
+        raise ConfigError(f"{data_path}'s policy observations differ from {env_name}'s as configured now; pass the "
+                          f"env config the dataset was collected with, or re-collect it")
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    action_dim = int(store.array("data/action").shape[1])
+    model = build(cfg, full_spec, action_dim)
+    recurrent = getattr(model, "is_recurrent", True)
+    burn_in = int(b.burn_in) if recurrent else 0
+    if model.kind == "transformer":
+        K = model.cfg.block
+        if int(b.window_stride) % K or burn_in % K:
+            raise ConfigError(f"bc.window_stride={b.window_stride} and bc.burn_in={burn_in} must be multiples of the "
+                              f"transformer's block bc.transformer.block={K} (memory blocks count from the episode's "
+                              f"start)")
+    dm = BCDataModule(str(data_path), full_spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
+                      float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers))
+    dm.setup()
+    obs, actions = dm.train_steps()
+    model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
+    if resume:
+        _check_resume(last_ckpt, model)
+
+    module = BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
+                      int(cfg.seed))
+    n_eval = int(b.eval_episodes)
+    selection = ClosedLoopSelection(lambda: make_env({**env_cfg, "num_envs": min(n_eval, 32)}), int(b.eval_every),
+                                    n_eval, int(cfg.seed))
+    strategy = str(b.strategy)
+    if strategy.startswith("ddp") and str(b.accelerator) == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+        strategy = DDPStrategy(process_group_backend="gloo", start_method="spawn" if "spawn" in strategy else "popen")
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                                  save_on_train_epoch_end=True)
+    is_zero = _is_rank_zero()
+    logger = MetricsLogger(out_dir, "bc", cfg.logger.mode if is_zero else "disabled", cfg.logger.project,
+                           config=OmegaConf.to_container(cfg, resolve=True) if is_zero else None)
+    callbacks = [selection, MetricsWriter(logger, selection, int(b.log_every)), ckpt_cb]
+    if bool(b.progress):
+        callbacks.append(L.pytorch.callbacks.RichProgressBar())
+    epochs = int(b.epochs) if _stop_after_epochs is None else int(_stop_after_epochs)
+    trainer = L.Trainer(max_epochs=epochs, max_steps=int(b.max_steps) if b.max_steps is not None else -1,
+                        accelerator=str(b.accelerator), devices=int(b.devices), strategy=strategy,
+                        precision=str(b.precision), gradient_clip_val=float(b.grad_clip), callbacks=callbacks,
+                        logger=False, enable_progress_bar=bool(b.progress), num_sanity_val_steps=0,
+                        use_distributed_sampler=False, enable_model_summary=False, deterministic=False,
+                        log_every_n_steps=1)
+    module.schedule_epochs = int(b.epochs)  # the LR schedule's length (also when a test stops the run early)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
+    wall = time.perf_counter() - t0
+    selection.close()
+    if _stop_after_epochs is not None or not trainer.is_global_zero:
+        logger.close()
+        return {}
+    if selection.best is None:  # bc.eval_every=0: no closed-loop selection, the last weights are delivered
+        selection.consider(trainer.current_epoch, trainer.global_step, model)
+        selection.close()
+    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best = selection.best
+    ckpt = {"kind": STUDENT_KIND, "model_kind": model.kind, "model_config": model.config_dict(),
+            "state_dict": best["state_dict"], "last_state_dict": last_state,
+            "selected": {"epoch": best["epoch"], "step": best["step"], "success_rate": best["success_rate"],
+                         "episodes": n_eval, "seed_offset": selection.seed - int(cfg.seed)},
+            "selection": selection.history, "env_name": env_name, "env_cfg": env_cfg,
+            "obs_spec": full_spec.to_dict(),
+            "dataset": {"path": str(data_path), "hash": dataset_hash(store), "episodes": store.committed_episodes,
+                        "train_episodes": dm.train_episodes.tolist(), "val_episodes": dm.val_episodes.tolist()},
+            "bc_cfg": OmegaConf.to_container(b, resolve=True), "seed": int(cfg.seed),
+            "code_version": store.attrs.get("code_version", "unknown"), "train_seconds": wall}
+    torch.save(ckpt, student_path)
+    logger.log({"selected_epoch": best["epoch"], "selected_success_rate": best["success_rate"],
+                "train_seconds": wall, "iteration": trainer.global_step}, step=trainer.global_step)
+    logger.close()
+    from bc.plots import plot_bc
+
+    plots = plot_bc(out_dir / "metrics.jsonl", out_dir / "plots")
+    last_rate = selection.history[-1]["success_rate"] if selection.history else float("nan")
+    print(f"[bc] {model.kind}: selected epoch {best['epoch']} (closed-loop success {best['success_rate']:.1%} on "
+          f"{n_eval} held-out episodes; last epoch {last_rate:.1%}); {wall:.0f} s; wrote {student_path}; "
+          f"plots: {', '.join(p.name for p in plots)}")
+    return {"student_ckpt": str(student_path), "model": model.kind, "selected_epoch": best["epoch"],
+            "selected_success_rate": best["success_rate"], "last_success_rate": last_rate,
+            "train_seconds": wall, "epochs": trainer.current_epoch, "steps": trainer.global_step}
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0

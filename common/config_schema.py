@@ -178,10 +178,71 @@ class CollectSchema:
     perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 
+PREV_ACTION = ("off", "on", "dropout", "noise")
+
+
+@dataclass
+class BCTransformerSchema:  # rl/student/model.py HistoryConfig
+    d_model: int = count()
+    n_heads: int = count()
+    n_layers: int = count()
+    mlp_ratio: float = positive()
+    n_memory: int = spec(ge=0)
+    block: int = count()
+    passes: int = count()
+    init: str = spec(choices=("safe", "default"))
+    qk_norm: bool = MISSING
+    memory_update: str = spec(choices=("gate", "norm"))
+    gate_bias: float = MISSING
+    head_hidden: list[int] = MISSING
+    prev_action: str = spec(choices=PREV_ACTION)
+    prev_action_p: float = spec(ge=0.0)
+
+
+@dataclass
+class BCMLPSchema:  # rl/student/baselines.py StudentConfig
+    hidden: list[int] = MISSING
+    head_hidden: list[int] = MISSING
+    prev_action: str = spec(choices=PREV_ACTION)
+    prev_action_p: float = spec(ge=0.0)
+
+
+@dataclass
+class BCRNNSchema(BCMLPSchema):
+    rnn_hidden: int = count()
+    rnn_layers: int = count()
+
+
 @dataclass
 class BCSchema:
     dataset: str | None = MISSING
-    model: str = spec(choices=("transformer", "mlp"))
+    model: str = spec(choices=("transformer", "mlp", "rnn"))
+    resume: bool = MISSING
+    window: int = count()
+    window_stride: int = count()
+    burn_in: int = spec(ge=0)
+    val_fraction: float = spec(ge=0.0, le=0.5)
+    perturbed_steps: str = spec(choices=("keep", "mask"))
+    num_workers: int = spec(ge=0)
+    epochs: int = count()
+    max_steps: int | None = count(None)
+    batch_size: int = count()
+    lr: float = positive()
+    weight_decay: float = spec(ge=0.0)
+    warmup_steps: int = spec(ge=0)
+    grad_clip: float = positive()
+    mse_weight: float = spec(ge=0.0)
+    precision: str = spec(choices=("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "bf16-true"))
+    accelerator: str = spec(choices=("cpu", "gpu", "cuda", "auto"))
+    devices: int = count()
+    strategy: str = spec(choices=("auto", "ddp", "ddp_spawn"))
+    eval_every: int = spec(ge=0)
+    eval_episodes: int = count()
+    log_every: int = count()
+    progress: bool = MISSING
+    transformer: BCTransformerSchema = MISSING
+    mlp: BCMLPSchema = MISSING
+    rnn: BCRNNSchema = MISSING
 
 
 @dataclass

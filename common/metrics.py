@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
+
+
+def json_safe(value):
+    """``value`` with every NaN as None: JSON has no NaN (a mean over no episodes, e.g. attempts to
+    success with no success, is null), and Python's json writes a NaN that other readers refuse."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_json(value) -> str:
+    """Indented strict JSON of ``value`` (NaN as null; anything else unknown as its string)."""
+    return json.dumps(json_safe(value), indent=2, allow_nan=False, default=str)
 
 
 class MetricsLogger:

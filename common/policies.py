@@ -126,28 +126,45 @@ class ScriptedPolicy(Policy):
 
 
 class NetworkPolicy(Policy):
-    """Any network of ``rl/``'s policy interface acting with its mean action, its recurrent memory
-    carried from step to step and reset where an episode starts: ``act_inference(obs, memory) ->
-    (action, memory)``, ``initial_memory(n)``, ``reset_memory(memory, done)`` (an MLP's memory is None)."""
+    """Any network of ``rl/``'s policy interface acting with its mean action (raw: only the env clips),
+    its recurrent memory carried from step to step and reset where an episode starts:
+    ``act_inference(obs, memory) -> (action, memory)``, ``initial_memory(n, device)``,
+    ``reset_memory(memory, done)`` (an MLP's memory is None). A network whose config reads the previous
+    action (``cfg.prev_action`` other than "off", the students) gets its own last action, zeros at an
+    episode's first step, as the dataset stores it."""
 
     def __init__(self, net, device: str | torch.device = "cpu", kind: str = ""):
         super().__init__(device)
         self.net = net.to(self.device).eval()
         self.kind = kind or self.kind
+        self.uses_prev_action = getattr(getattr(net, "cfg", None), "prev_action", "off") != "off"
         self.memory = None
+        self.prev_action: torch.Tensor | None = None  # (N, A)
 
     @torch.no_grad()
     def reset(self, done) -> None:
         done = torch.as_tensor(done).to(self.device)
         if self.memory is None or bool(done.all()):
-            self.memory = self.net.initial_memory(len(done))
+            self.memory = self.net.initial_memory(len(done), self.device)
+            self.prev_action = None
         else:
             self.memory = self.net.reset_memory(self.memory, done)
+            if self.prev_action is not None:
+                self.prev_action = torch.where(done[:, None], torch.zeros_like(self.prev_action), self.prev_action)
 
     @torch.no_grad()
     def act(self, obs: dict) -> torch.Tensor:
-        action, self.memory = self.net.act_inference({k: v.to(self.device) for k, v in obs.items()}, self.memory)
-        return action
+        first = next(iter(obs.values()))
+        if self.memory is None:  # acting before any reset: every env starts an episode
+            self.reset(torch.ones(first.shape[0], dtype=torch.bool))
+        inputs = {k: v.to(self.device) for k, v in obs.items()}
+        if self.uses_prev_action:
+            if self.prev_action is None:
+                self.prev_action = torch.zeros(first.shape[0], self.net.cfg.action_dim, device=self.device)
+            inputs["prev_action"] = self.prev_action
+        action, self.memory = self.net.act_inference(inputs, self.memory)
+        self.prev_action = action
+        return action.to(first.device)  # back on the env's device
 
 
 class PolicyTeacher(NetworkPolicy):
@@ -169,6 +186,15 @@ class PolicyTeacher(NetworkPolicy):
 @register("scripted")
 def _scripted(ckpt: dict, env, device: torch.device) -> Policy:
     return ScriptedPolicy(env)
+
+
+@register("student")
+def _student(ckpt: dict, env, device: torch.device) -> Policy:
+    from rl.student.checkpoint import load_student  # the students' modules load only for their checkpoints
+
+    check_obs_spec(ckpt, env, [ckpt["model_config"]["cfg"]["group"]])
+    model, _ = load_student(ckpt, env_name=env.cfg.name)
+    return NetworkPolicy(model, device, kind="student")
 
 
 @register("ppo_mlp")

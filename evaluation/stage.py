@@ -10,8 +10,6 @@ config (``env=``) and ``eval.perturbations`` (injected failures, off by default)
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,6 +22,7 @@ from common.evaluate import (
     evaluation_seed,
     format_table,
 )
+from common.metrics import dumps_json, json_safe
 from common.policies import load_checkpoint, policy_from_checkpoint
 from common.rundir import output_path, run_dir
 from envs import make_env
@@ -70,22 +69,11 @@ def run(cfg) -> dict:
     perturbations = OmegaConf.to_container(cfg.eval.perturbations, resolve=True)
     report = {"env": env.cfg.name, "seed": seed, "num_episodes": n, "num_envs": env.num_envs,
               "perturbations": perturbations, "devices": device_note(), "rows": rows}
-    json_path.write_text(json.dumps(_no_nan(report), indent=2, allow_nan=False))
+    json_path.write_text(dumps_json(report))
     table = format_table(rows)
     failures = ", ".join(f"{k} {v:g}" for k, v in perturbations.items() if v) or "none"
     header = (f"{env.cfg.name}, {n} episodes per row on the same seeds (evaluation seed {seed}), "
               f"injected failures: {failures}")
     md_path.write_text(f"# Evaluation\n\n{header}\n\n{table}\n{device_note()}\n")
     print(f"[eval] {header}\n{table}{device_note()}\n[eval] wrote {json_path} and {md_path}")
-    return {"eval_json": str(json_path), "rows": rows}
-
-
-def _no_nan(value):
-    """JSON has no NaN: a mean over no episodes (attempts to success with no success) is null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
+    return {"eval_json": str(json_path), "rows": json_safe(rows)}

@@ -93,7 +93,7 @@ class MLPActorCritic(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
-    def initial_memory(self, n: int):
+    def initial_memory(self, n: int, device=None):
         return None
 
     def reset_memory(self, memory, done):

@@ -7,14 +7,13 @@ training curves to ``metrics.jsonl`` (plot them with ``python -m rl.plot RUN_DIR
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from common.evaluate import device_note, evaluate_policy, evaluation_env_config, evaluation_seed, format_table
-from common.metrics import MetricsLogger
+from common.metrics import MetricsLogger, dumps_json
 from common.policies import PolicyTeacher, ScriptedPolicy, load_checkpoint
 from common.rundir import output_path, run_dir
 from envs import env_config_dict, env_config_with, make_env
@@ -37,7 +36,7 @@ def run(cfg) -> dict:
 
 def _report(cfg, result: dict, label: str) -> str:
     out = run_dir(cfg)
-    (out / "teacher_eval.json").write_text(json.dumps(result, indent=2))
+    (out / "teacher_eval.json").write_text(dumps_json(result))
     table = format_table([result])
     (out / "teacher_eval.md").write_text(f"# Teacher ({result['env']}, {label})\n\n{table}\n{device_note()}\n")
     print(f"teacher ({label}) on {result['env']}:\n{table}{device_note()}")

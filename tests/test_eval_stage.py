@@ -157,7 +157,7 @@ def test_bad_checkpoints_are_one_clear_error_and_write_nothing(tmp_path, still_k
     with pytest.raises(ConfigError, match="made for Lift-v1, but this run uses Stack-v1"):
         evaluate(tmp_path / "stack", "env=stack", f"eval.ckpt={tmp_path / 'lift.pt'}")
     torch.save({"kind": "diffusion", "env_name": "Lift-v1"}, run / "student.pt")
-    with pytest.raises(ConfigError, match=r"kind 'diffusion'.*known: scripted, ppo_mlp, test_still"):
+    with pytest.raises(ConfigError, match=r"kind 'diffusion'.*known: scripted, student, ppo_mlp, test_still"):
         evaluate(run)  # the teacher.pt before it is not evaluated either: checked first
     (run / "student.pt").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
@@ -181,7 +181,7 @@ def test_a_network_policy_carries_its_memory_and_resets_it_where_an_episode_star
     from common.policies import NetworkPolicy
 
     class Counter(torch.nn.Module):  # rl/'s policy interface; the action is the steps since the reset
-        def initial_memory(self, n):
+        def initial_memory(self, n, device=None):
             return torch.zeros(n)
 
         def reset_memory(self, memory, done):

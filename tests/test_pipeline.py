@@ -63,16 +63,18 @@ def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
     run = tmp_path / "all"
     r = pipeline("stage=all", "preset=quick", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
                  "teacher.eval_episodes=4", "eval.num_episodes=4",
-                 "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4")
+                 "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4", "bc.epochs=1",
+                 "bc.eval_episodes=4", "bc.model=mlp", "bc.progress=false")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "pipeline_summary.json").read_text())
     assert summary["teacher"]["episodes"] == 4
     assert summary["collect"]["episodes"] == 4 and (run / "dataset.zarr").exists()  # collect read teacher.pt
     assert (run / "plots" / "dataset" / "episodes.png").stat().st_size > 5_000
-    assert summary["bc"].startswith("to come") and summary["finetune"].startswith("to come")
-    # it ends with the comparison table of what exists: the teacher, on the teacher stage's own seeds
+    assert summary["bc"]["model"] == "mlp" and (run / "student.pt").exists()  # bc read dataset.zarr
+    assert summary["finetune"].startswith("to come")
+    # it ends with the comparison table of what it made, on the teacher stage's own seeds
     rows = json.loads((run / "eval.json").read_text())["rows"]
-    assert [row["policy"] for row in rows if row["policy_device"] == "cpu"] == ["teacher.pt"]
+    assert [row["policy"] for row in rows if row["policy_device"] == "cpu"] == ["teacher.pt", "student.pt"]
     teacher = json.loads((run / "teacher_eval.json").read_text())
     keys = ("episodes", "successes", "mean_reward", "mean_episode_length", "mean_attempts_to_success")
     assert {k: rows[0][k] for k in keys} == {k: teacher[k] for k in keys}

@@ -1,0 +1,183 @@
+"""The behaviour-cloning data: windows of L steps from the zarr store, split by episode.
+
+What is read: the ``policy`` group's arrays (concatenated in the obs spec's column order), the raw
+actions and the ``perturbation/*`` flags, read in place from the store through ``EpisodeStore``
+once per process and cached in memory (a few MB for hundreds of episodes; the privileged group and
+the simulator states, most of the store, are never read). Lightning's workers (``bc.num_workers``)
+fork after that read and share the pages.
+
+The split is by episode: a seeded permutation of the episode indices, the last ``val_fraction`` of
+them validation (at least one when there are two or more episodes). Normalisation statistics come
+from the training episodes only.
+
+A window: ``window`` steps of one episode starting at a multiple of ``stride`` (so it may start
+mid-episode), preceded by up to ``burn_in`` steps of the same episode that the module runs under
+no_grad to get the memory at the window's start. Every item has the fixed length ``burn_in +
+window``: the burn-in part is left-padded when the episode has fewer steps before the window, the
+window part right-padded at the episode's end. Per step:
+
+* ``starts``: the episode's first step is here;
+* ``reset``: the memory starts from zero here: ``starts``, or the first step of a burn-in that does
+  not reach back to the episode's start (R2D2's burn-in from a zero state);
+* ``valid``: a window step that exists (padding and, with ``perturbed_steps=mask``, steps an
+  injected failure acted on are left out of the loss);
+* ``prev_action``: the raw action of the step before within the episode (zeros at its start).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datasets.store import EpisodeStore
+from envs.base import ConfigError, ObsSpec
+
+
+def read_policy_arrays(store: EpisodeStore, spec: ObsSpec, group: str = "policy") -> dict[str, np.ndarray]:
+    """obs (T, D) float32 in the spec's column order, action (T, A), perturbed (T,) bool, ends (E,)."""
+    cols = []
+    for term in spec.groups[group]:
+        name = f"data/obs/{group}/{term.entity}_{term.name}"
+        values = store.read(name)
+        if values.shape[1:] != (term.end - term.start,):
+            raise ConfigError(f"{store.path}: {name} has shape {values.shape}, the obs spec says width "
+                              f"{term.end - term.start}; re-collect the dataset")
+        cols.append(values.astype(np.float32))
+    names = store.data_names()
+    flags = [store.read(f"data/{n}").astype(bool) for n in names if n.startswith("perturbation/")]
+    steps = store.num_steps
+    return {"obs": np.concatenate(cols, 1), "action": store.read("data/action").astype(np.float32),
+            "perturbed": np.any(flags, 0) if flags else np.zeros(steps, bool), "ends": store.episode_ends}
+
+
+def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) episode indices, sorted; deterministic in (n, val_fraction, seed)."""
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 0xB0C])).permutation(n)
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
+
+
+class WindowDataset(Dataset):
+    """Windows of the episodes ``episodes`` (indices into ``arrays["ends"]``)."""
+
+    def __init__(self, arrays: dict, episodes: np.ndarray, window: int, stride: int, burn_in: int,
+                 mask_perturbed: bool = False):
+        self.a, self.window, self.burn_in = arrays, window, burn_in
+        self.mask_perturbed = mask_perturbed
+        ends = arrays["ends"]
+        begins = np.concatenate([[0], ends[:-1]])
+        self.index = [(int(begins[e]), int(ends[e]), s) for e in episodes
+                      for s in range(0, int(ends[e] - begins[e]), stride)]  # (episode begin, end, offset)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        begin, end, s = self.index[i]
+        B, W = self.burn_in, self.window
+        n = B + W
+        lo = begin + max(0, s - B)  # first real step of the item
+        hi = min(end, begin + s + W)  # exclusive end of the window's real steps
+        at = B - (begin + s - lo)  # item position of step lo
+        obs = np.zeros((n, self.a["obs"].shape[1]), np.float32)
+        act = np.zeros((n, self.a["action"].shape[1]), np.float32)
+        prev = np.zeros_like(act)
+        obs[at:at + hi - lo] = self.a["obs"][lo:hi]
+        act[at:at + hi - lo] = self.a["action"][lo:hi]
+        first = max(lo, begin + 1)  # prev_action: the step before, within the episode
+        prev[at + first - lo:at + hi - lo] = self.a["action"][first - 1:hi - 1]
+        starts = np.zeros(n, bool)
+        if lo == begin:
+            starts[at] = True
+        reset = starts.copy()
+        reset[at] = True  # a burn-in that starts mid-episode starts from zero memory
+        valid = np.zeros(n, bool)
+        valid[B:at + hi - lo] = True
+        if self.mask_perturbed:
+            valid[at:at + hi - lo] &= ~self.a["perturbed"][lo:hi]
+        return {"policy": torch.from_numpy(obs), "prev_action": torch.from_numpy(prev),
+                "action": torch.from_numpy(act), "starts": torch.from_numpy(starts),
+                "reset": torch.from_numpy(reset), "valid": torch.from_numpy(valid)}
+
+
+class EpochSampler(Sampler):
+    """A permutation seeded by (seed, epoch), of which rank r takes every world-th index: with W
+    processes of batch b the global batch is the same windows as one process's batch W*b (what the
+    DDP test pins). Lightning calls ``set_epoch``; ``use_distributed_sampler=False`` keeps it."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _share(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch])).permutation(self.n)
+
+    def __iter__(self):
+        rank, world = self._share()
+        order = self._order()
+        order = order[: len(order) - len(order) % world] if world > 1 else order  # equal shares
+        return iter(order[rank::world].tolist())
+
+    def __len__(self) -> int:
+        _, world = self._share()
+        return self.n // world
+
+
+class BCDataModule(L.LightningDataModule):
+    """Reads the store at ``setup`` (each process, in place), splits by episode, makes the windows."""
+
+    def __init__(self, path: str, spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
+                 val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0):
+        super().__init__()
+        if perturbed_steps not in ("keep", "mask"):
+            raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
+        self.path, self.spec = path, spec
+        self.window, self.stride, self.burn_in = window, stride, burn_in
+        self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
+        self.mask_perturbed, self.num_workers = perturbed_steps == "mask", num_workers
+        self.arrays: dict | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.arrays is not None:
+            return
+        self.arrays = read_policy_arrays(EpisodeStore.open(self.path), self.spec)
+        n = len(self.arrays["ends"])
+        if n == 0:
+            raise ConfigError(f"dataset {self.path} has no committed episodes; collect some first")
+        self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
+        self.train_set = WindowDataset(self.arrays, self.train_episodes, self.window, self.stride, self.burn_in,
+                                       self.mask_perturbed)
+        self.val_set = WindowDataset(self.arrays, self.val_episodes, self.window, self.stride, self.burn_in,
+                                     self.mask_perturbed)
+
+    def train_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(obs, actions) of every step of the training episodes: what the normaliser is fitted on."""
+        self.setup()
+        ends = self.arrays["ends"]
+        begins = np.concatenate([[0], ends[:-1]])
+        rows = np.concatenate([np.arange(begins[e], ends[e]) for e in self.train_episodes])
+        return self.arrays["obs"][rows], self.arrays["action"][rows]
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(data, batch_size=self.batch_size, sampler=EpochSampler(len(data), self.seed, shuffle),
+                          num_workers=self.num_workers, drop_last=shuffle and len(data) >= self.batch_size,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)

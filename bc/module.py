@@ -1,0 +1,115 @@
+"""The LightningModule around a student (rl/student/: the model imports no Lightning).
+
+Loss: ``bc_loss``: the Gaussian NLL of the dataset's raw actions (never clipped) plus
+``mse_weight`` x MSE of the mean, over the valid window steps. The memory at a window's start comes
+from a burn-in (``batch["reset"]`` marks where each row's memory starts from zero: its episode's
+start, or its burn-in's first step), run under no_grad, detached; the window itself is one
+``forward_sequence`` call: block-recurrent for the transformer (parallel inside a block, the memory
+carried block to block), full BPTT through the window for the LSTM. The MLP has no memory: its
+items carry no burn-in.
+
+AdamW (no weight decay on the log-std, the norms and the embeddings), cosine schedule with linear
+warm-up, per optimizer step; gradient clipping is the Trainer's (``gradient_clip_val``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from rl.student.head import bc_loss
+
+
+class BCModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int,
+                 mse_weight: float, burn_in: int, seed: int, min_lr_ratio: float = 0.1):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.mse_weight, self.burn_in, self.seed = mse_weight, burn_in, seed
+        self.min_lr_ratio = min_lr_ratio
+        self.grad_stats: dict[str, float] = {}
+        self.schedule_epochs: int | None = None  # the LR schedule spans this many epochs (default: max_epochs)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        B = self.burn_in
+        obs = {"policy": batch["policy"], "prev_action": batch["prev_action"]}
+        memory = None
+        if B > 0:
+            with torch.no_grad():
+                _, memory = self.model.forward_sequence({k: v[:, :B] for k, v in obs.items()}, batch["reset"][:, :B])
+            memory = memory.detach() if memory is not None else None
+        dist, _ = self.model.forward_sequence({k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory)
+        loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
+        valid = batch["valid"][:, B:]
+        info["n"] = valid.sum().to(loss.dtype)
+        info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
+        return loss, info
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # The training RNG (previous-action dropout or noise) is a function of (seed, epoch, rank), so a
+        # run resumed at an epoch boundary draws what the uninterrupted run drew. Seeded at the epoch's
+        # first batch, not in on_train_epoch_start: the DataLoader draws its base seed from the global
+        # RNG when its iterator is made, and a resumed run makes it at another moment (measured).
+        if batch_idx == 0:
+            torch.manual_seed(self.seed * 1000003 + self.current_epoch * 7919 + self.global_rank)
+
+    def training_step(self, batch, batch_idx):
+        loss, info = self.loss(batch)
+        world = self.trainer.world_size
+        if world > 1:  # weight by the global count of valid steps: DDP's mean of gradients = one process's
+            n = info.pop("n")
+            loss = loss * n * world / self.all_gather(n).sum().clamp_min(1.0)
+        info.pop("n", None)
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True, on_step=True, on_epoch=False)
+        for k, v in info.items():
+            self.log(f"train_{k}", v, sync_dist=True, on_step=True, on_epoch=False)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, info = self.loss(batch)
+        n = float(info.pop("n"))
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=max(int(n), 1))
+        self.log("val_mse", info["mse"], sync_dist=True, batch_size=max(int(n), 1))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # gradient norms before clipping (Lightning clips after this hook), per top-level part
+        groups: dict[str, list[torch.Tensor]] = {}
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                parts = name.split(".")
+                key = ".".join(parts[:2]) if parts[0] == "layers" else parts[0]
+                groups.setdefault(key, []).append(p.grad.detach())
+        stats = {}
+        for key, grads in groups.items():
+            stats[f"grad_l2/{key}"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            stats[f"grad_max/{key}"] = float(max(g.abs().max() for g in grads))
+        stats["grad_l2"] = math.sqrt(sum(v ** 2 for k, v in stats.items() if k.startswith("grad_l2/")))
+        self.grad_stats = stats
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        total = float(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs or 0
+        if self.schedule_epochs and max_epochs > 0 and self.trainer.max_steps < 0:
+            total = total / max_epochs * self.schedule_epochs
+        total = max(int(total), 1)
+        warm, floor = self.warmup_steps, self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["student_config"] = self.model.config_dict()
