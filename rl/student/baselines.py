@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from envs.base import ConfigError, ObsSpec
-from rl.student.head import GaussianHead, StudentMixin, mlp
+from rl.networks import mlp
+from rl.student.head import GaussianHead, StudentMixin
 from rl.student.tokens import Normalizer, prev_action_input
 
 
@@ -49,7 +50,7 @@ class _FlatStudent(StudentMixin, nn.Module):
         self.spec, self.cfg = spec, cfg
         self.norm = Normalizer(spec, cfg.group, cfg.action_dim)
         in_dim = spec.dim(cfg.group) + (cfg.action_dim if cfg.prev_action != "off" else 0)
-        self.encoder = nn.Sequential(mlp([in_dim, *cfg.hidden]), nn.GELU())
+        self.encoder = nn.Sequential(mlp([in_dim, *cfg.hidden], "gelu"), nn.GELU())
 
     def _features(self, obs: dict) -> torch.Tensor:
         """obs groups (..., D) -> encoder features (..., hidden[-1])."""

@@ -11,16 +11,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+from rl.networks import mlp
 from rl.student.tokens import Normalizer
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 class GaussianHead(nn.Module):
@@ -32,7 +24,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: list[int], action_dim: int, init_std: float | list[float]):
         super().__init__()
-        self.mlp = mlp([in_dim, *hidden, action_dim])
+        self.mlp = mlp([in_dim, *hidden, action_dim], "gelu")
         std = torch.as_tensor(init_std, dtype=torch.float32).expand(action_dim).clone()
         self.log_std = nn.Parameter(std.log())
 
