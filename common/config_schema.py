@@ -105,6 +105,7 @@ class PPOSchema:
     max_grad_norm: float = positive()
     bc_coef: float = spec(ge=0.0)
     bc_decay: float = rate()
+    bounds_coef: float = spec(ge=0.0)
 
 
 @dataclass

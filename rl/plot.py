@@ -28,6 +28,7 @@ PANELS = [
     (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
     ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),
     ("actions_outside_bounds", "share of actions outside [-1, 1]"),
+    ("bounds_loss", "mean beyond the bounds: sum relu(|mu| - 1)^2 (teacher.ppo.bounds_coef)"),
     (("fresh_success_rate", "expert_start_success_rate", "band_success_rate"), "curriculum: success by start"),
     ("curriculum_frontier", "curriculum frontier (steps to go)"),
     (("selection_success_rate", "selected_success_rate"), "selection: deterministic success (fresh starts)"),

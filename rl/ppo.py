@@ -37,6 +37,11 @@ class PPOConfig:
     # Only with demonstrations set (set_demonstrations); the std is left to PPO.
     bc_coef: float = 0.0
     bc_decay: float = 1.0
+    # Penalty on the policy mean beyond the env's action bounds [-1, 1] (rl_games' bounds_loss_coef):
+    # + bounds_coef * mean over the batch of sum_a relu(|mu_a| - 1)^2. The env clips at its boundary, so
+    # PPO's mean can drift far past it where the excess changes nothing, and a student then imitates
+    # numbers the env discards. A penalty, not a clamp: actions and the std stay raw.
+    bounds_coef: float = 0.0
 
 
 class NonFiniteError(RuntimeError):
@@ -56,6 +61,11 @@ def adapt_learning_rate(lr: float, kl: float, cfg: PPOConfig) -> float:
     if 0.0 < kl < cfg.desired_kl / 2.0:
         return min(cfg.lr_max, lr * 1.5)
     return lr
+
+
+def bounds_loss(mean: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of sum over actions of relu(|mu| - bound)^2: zero (and no gradient) inside."""
+    return torch.relu(mean.abs() - bound).pow(2).sum(-1).mean()
 
 
 class PPO:
@@ -130,12 +140,15 @@ class PPO:
                 value_loss = (values - returns).pow(2).mean()
 
             loss = cfg.value_loss_coef * value_loss
-            imitation = None
+            imitation = bounds = None
             if update_actor:
                 loss = loss + policy_loss - cfg.entropy_coef * entropy
                 imitation = self._imitation_loss(len(advantages))
                 if imitation is not None:
                     loss = loss + imitation
+                if cfg.bounds_coef > 0:
+                    bounds = bounds_loss(dist.mean)
+                    loss = loss + cfg.bounds_coef * bounds
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
                                      f"no checkpoint written")
@@ -160,7 +173,9 @@ class PPO:
                 stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "kl": kl_t,
                          "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean(),
                          "grad_norm": total_norm,
-                         "imitation_loss": loss.new_zeros(()) if imitation is None else imitation}
+                         "imitation_loss": loss.new_zeros(()) if imitation is None else imitation,
+                         # logged whether or not it is in the loss: how far past the bounds the mean sits
+                         "bounds_loss": bounds_loss(dist.mean) if bounds is None else bounds}
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v.detach().clone()
             n_batches += 1

@@ -108,9 +108,9 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("teacher", ["ppo", "ppo_multi_cube", "scripted"])
+@pytest.mark.parametrize("teacher", ["ppo", "ppo_multi_cube", "ppo_pick_loose", "scripted"])
 @pytest.mark.parametrize("preset", ["quick", "full"])
-@pytest.mark.parametrize("env", ["lift", "stack", "stack_pick_multi"])
+@pytest.mark.parametrize("env", ["lift", "stack", "stack_pick_multi", "pick_loose"])
 def test_every_shipped_combination_is_valid_and_the_yamls_keep_the_defaults(env, teacher, preset):
     cfg = _compose([f"env={env}", f"teacher={teacher}", f"preset={preset}"])
     pipeline.validate(cfg)

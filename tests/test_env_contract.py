@@ -144,7 +144,12 @@ def test_bad_env_config_values_raise_config_error():
                          (dict(task="juggle"), "env.task='juggle' is not a task; choose one of"),
                          (dict(hidden_view="psychic"), "env.hidden_view='psychic'; choose one of"),
                          (dict(cube={"mass": [0.5, 0.1]}), r"env.cube.mass=\[0.5, 0.1\] must satisfy"),
-                         (dict(n_cubes=2), "env.n_cubes=2 but the lift task has exactly 1 cube"),
+                         (dict(n_cubes=7), "env.n_cubes=7 must be between 1 and 6 for the lift task"),
+                         (dict(cube={"static_prob": 0.5}), "env.cube.static_prob > 0 needs spare cubes"),
+                         (dict(n_cubes=2, cube={"static_count": 2}), r"env.cube.static_count=2 must be an integer in "
+                                                                     r"\[0, 1\]"),
+                         (dict(n_cubes=2, cube={"static_count": 1, "static_prob": 0.2}),
+                          "static_count and env.cube.static_prob are exclusive"),
                          (dict(occlusion={"rate": 2.0}), r"env.occlusion.rate=2.0 must be a probability"),
                          (dict(observations={"policy": {"cube_colour": {}}, "privileged": {}}),
                           "env.observations.policy.cube_colour is not a term; known terms")):

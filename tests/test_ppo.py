@@ -334,3 +334,35 @@ def test_selection_keeps_the_best_weights_by_closed_loop_success_and_survives_a_
                              RunnerConfig(num_steps_per_env=16, num_iterations=20), selector=selector())
     resumed.load(torch.load(tmp_path / "ckpt.pt", weights_only=True))
     assert resumed.selector.history == history and resumed.selector.best["iteration"] == best["iteration"]
+
+
+def test_bounds_penalty_has_no_gradient_inside_the_bounds():
+    from rl.ppo import bounds_loss
+
+    mu = torch.tensor([[3.0, -2.5, 0.5, -0.9, 1.0]], requires_grad=True)
+    loss = bounds_loss(mu)
+    loss.backward()
+    assert loss.item() == pytest.approx(2.0**2 + 1.5**2)
+    assert mu.grad.tolist() == [[4.0, -3.0, 0.0, 0.0, 0.0]]  # d/dmu relu(|mu| - 1)^2; exactly 0 inside
+
+
+def test_bounds_penalty_pulls_an_out_of_bounds_mean_inside_through_the_ppo_update():
+    def means_after(bounds_coef):
+        torch.manual_seed(0)
+        policy = tiny_policy(init_std=0.3)
+        with torch.no_grad():  # the mean starts at (3.0, 0.3) everywhere: one dimension far outside
+            policy.actor[-1].weight.zero_()
+            policy.actor[-1].bias.copy_(torch.tensor([3.0, 0.3]))
+        runner = OnPolicyRunner(PointReach(num_envs=16, seed=0), policy,
+                                PPOConfig(bounds_coef=bounds_coef, schedule="fixed", learning_rate=0.02),
+                                RunnerConfig(num_steps_per_env=8, seed=0))
+        stats = runner.learn(num_iterations=5, progress=False)
+        with torch.no_grad():
+            mean = policy.act({"privileged": torch.rand(256, 2) * 2 - 1})[0].mean
+        return mean, stats["bounds_loss"], policy.log_std.detach().clone()
+
+    free, free_loss, _ = means_after(0.0)
+    pulled, pulled_loss, log_std = means_after(10.0)
+    assert free[:, 0].min() > 2.0 and free_loss > 1.0  # PPO alone leaves it far outside (logged all the same)
+    assert pulled[:, 0].abs().max() < 1.3 and pulled_loss < 0.1  # the penalty brought it in
+    assert torch.isfinite(log_std).all()

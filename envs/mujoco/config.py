@@ -20,6 +20,9 @@ class CubeCfg:
     mass: tuple[float, float] = (0.05, 0.25)  # kg
     friction: tuple[float, float] = (0.6, 1.2)  # sliding friction of the cube (it wins contacts)
     static_prob: float = 0.0  # chance that a movable cube is welded to the table
+    # Exactly this many cubes welded per episode, drawn uniformly among the cubes (instead of
+    # static_prob): with 2 cubes and 1, every episode is a coin flip that only a lift attempt settles.
+    static_count: int | None = None
 
 
 @dataclass
@@ -136,8 +139,8 @@ def parse_task_config(data: dict) -> TaskConfig:
         raise ConfigError(f"env.num_envs={cfg.num_envs!r} must be a positive integer")
     if cfg.episode_length < 1 or cfg.substeps < 1 or cfg.timestep <= 0:
         raise ConfigError("env.episode_length, env.substeps and env.timestep must be positive")
-    if cfg.task == "lift" and cfg.n_cubes != 1:
-        raise ConfigError(f"env.n_cubes={cfg.n_cubes} but the lift task has exactly 1 cube")
+    if cfg.task == "lift" and not 1 <= cfg.n_cubes <= 6:
+        raise ConfigError(f"env.n_cubes={cfg.n_cubes} must be between 1 and 6 for the lift task")
     if cfg.task == "stack":
         if not 1 <= cfg.n_cubes <= 6:
             raise ConfigError(f"env.n_cubes={cfg.n_cubes} must be between 1 and 6 for the stack task")
@@ -152,8 +155,18 @@ def parse_task_config(data: dict) -> TaskConfig:
                        ("perturbations.noise_rate", cfg.perturbations.noise_rate)]:
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"env.{name}={rate} must be a probability in [0, 1]")
-    if cfg.task == "lift" and cfg.cube.static_prob > 0:
-        raise ConfigError("env.cube.static_prob > 0 needs a task with spare cubes; the lift task has one cube")
+    needed = max(cfg.n_stack, 1)  # liftable cubes the task needs (lift: one)
+    if cfg.cube.static_prob > 0 and cfg.n_cubes <= needed:
+        raise ConfigError(f"env.cube.static_prob > 0 needs spare cubes; {cfg.task} with env.n_cubes={cfg.n_cubes} "
+                          f"needs all {needed} liftable; add cubes or set static_prob 0")
+    count = cfg.cube.static_count
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= cfg.n_cubes - needed:
+            raise ConfigError(f"env.cube.static_count={count!r} must be an integer in [0, {cfg.n_cubes - needed}] "
+                              f"(env.n_cubes={cfg.n_cubes}, {needed} must stay liftable), or null")
+        if cfg.cube.static_prob > 0:
+            raise ConfigError("env.cube.static_count and env.cube.static_prob are exclusive; set static_prob 0 "
+                              "or static_count null")
     if cfg.occlusion.min_steps < 1 or cfg.occlusion.max_steps < cfg.occlusion.min_steps:
         raise ConfigError("env.occlusion needs 1 <= min_steps <= max_steps")
     n_objects = cfg.n_cubes + int(cfg.has_base)

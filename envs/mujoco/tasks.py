@@ -57,7 +57,12 @@ def on_levels(f, cfg: TaskConfig) -> np.ndarray:
 
 
 class LiftTask:
-    """Lift-v1: lift the cube 10 cm and hold it."""
+    """Lift-v1 (one cube) and PickLoose-v1 (several, some welded): lift a cube 10 cm and hold it.
+
+    With several cubes any cube counts: a welded one cannot rise, so success means a liftable one was
+    lifted. The dense terms follow the target cube: the held one, else the nearest cube not known to be
+    static (in the revealed view the teacher learns a cube is welded only by trying it, so the reward
+    leads it to try the nearest and then, once revealed, to the other). One cube: always cube 0."""
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -66,20 +71,33 @@ class LiftTask:
         return np.zeros((f.n_envs, f.n_cubes), bool)
 
     def height(self, f) -> np.ndarray:
-        return f.obj_pos[:, 0, 2] - f.half[:, 0]
+        """(N, C) bottom of each movable cube above the table."""
+        C = f.n_cubes
+        return f.obj_pos[:, :C, 2] - f.half[:, :C]
 
     def success_condition(self, f) -> np.ndarray:
-        return (self.height(f) >= self.cfg.success.lift_height) & f.held[:, 0]
+        C = f.n_cubes
+        return ((self.height(f) >= self.cfg.success.lift_height) & f.held[:, :C]).any(1)
+
+    def target_cube(self, f) -> np.ndarray:
+        C = f.n_cubes
+        if C == 1:
+            return np.zeros(f.n_envs, int)
+        dist = np.linalg.norm(f.obj_pos[:, :C] - f.grip_pos[:, None], axis=2)
+        target = np.where(f.known_static[:, :C], dist + 10.0, dist).argmin(1)
+        held = f.held[:, :C]
+        return np.where(held.any(1), held.argmax(1), target)
 
     def max_step_reward(self) -> float:
         w = self.cfg.reward
         return w.reach + w.grasp + w.lift
 
     def reward(self, f) -> np.ndarray:
-        w = self.cfg.reward
-        held = f.held[:, 0].astype(np.float64)
-        lifted = np.clip(self.height(f) / self.cfg.success.lift_height, 0.0, 1.0)
-        return w.reach * _reach(f, np.zeros(f.n_envs, int)) + w.grasp * held + w.lift * held * lifted
+        w, n = self.cfg.reward, np.arange(f.n_envs)
+        target = self.target_cube(f)
+        held = f.held[n, target].astype(np.float64)
+        lifted = np.clip(self.height(f)[n, target] / self.cfg.success.lift_height, 0.0, 1.0)
+        return w.reach * _reach(f, target) + w.grasp * held + w.lift * held * lifted
 
 
 class StackTask:

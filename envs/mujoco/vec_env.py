@@ -233,6 +233,10 @@ class MujocoVecEnv:
         st["friction"][i] = lerp(cfg.cube.friction, u[1 + O: 1 + 2 * O])
         static = u[1 + 2 * O: 1 + 3 * O] < cfg.cube.static_prob
         static[C:] = False
+        if cfg.cube.static_count is not None:  # exactly k welded: a uniform k-subset, own counter (2)
+            key = rng.uniform(seed, np.full(1, 2, np.uint64), rng.HIDDEN, C)[0]
+            static[:C] = False
+            static[np.argsort(key)[: cfg.cube.static_count]] = True
         missing = max(cfg.n_stack, 1) - int((~static[:C]).sum())
         if missing > 0:  # the env guarantees enough liftable cubes to solve the task
             # Free a uniformly drawn subset of the welded cubes, not the lowest indices: otherwise the
