@@ -70,7 +70,20 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
     episode of each env in a round, seeded from ``seed`` and the round, so the result is reproducible.
     A last, partial round keeps its lowest-numbered envs, not its first finishers: those would
     favour short episodes, i.e. successes.
+
+    The policy acts with one torch thread (restored afterwards): a CPU matmul's rounding depends on
+    the thread count, and the env turns a last-bit difference into another episode (a tiny teacher
+    scored differently at 1 and 2 threads), so the numbers would depend on a process setting.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _evaluate(env, act, reset, num_episodes, seed, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(env, act, reset, num_episodes: int, seed: int, progress: bool) -> dict:
     N = env.num_envs
     rounds = -(-num_episodes // N)
     episodes: list[dict] = []

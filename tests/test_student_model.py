@@ -13,7 +13,6 @@ from rl.student.head import bc_loss
 from rl.student.model import BlockMemory, build_student, student_from_config
 from tests.conftest import ROOT
 
-torch.set_num_threads(1)
 SMALL = {"d_model": 32, "n_heads": 2, "n_layers": 2, "n_memory": 3, "block": 4, "init": "default", "head_hidden": [32]}
 KINDS = {
     "transformer": SMALL,
