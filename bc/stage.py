@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -73,9 +74,17 @@ def _check_resume(ckpt_path: Path, model: torch.nn.Module) -> None:
                           f"set bc.resume=false with a new run_dir")
 
 
+def _quiet_duplicate_logs() -> None:
+    """Lightning prints its INFO lines through its own handler and again through the root logger that
+    Hydra configures: every line came twice in ``make pipeline``'s output."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).propagate = False
+
+
 def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     """``_stop_after_epochs`` (tests only): end after that many epochs as a killed run would, with
     Lightning's checkpoint written and no student.pt."""
+    _quiet_duplicate_logs()
     b = cfg.bc
     # DDP's launcher re-runs the command line in each other process: a default run_dir (the time) would differ
     if not _is_rank_zero() and os.environ.get("BC_DDP_RUN_DIR"):
