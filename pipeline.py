@@ -91,13 +91,15 @@ def main(cfg: DictConfig) -> None:
     from rl.ppo import NonFiniteError
 
     out = run_dir(cfg)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     stages = ORDER if cfg.stage == "all" else [cfg.stage]
     summary: dict[str, dict | str] = {}
     print(f"run directory: {out}")
     for name in stages:
         try:
             summary[name] = run_stage(name, cfg)
+            # The resolved config of what the run directory now holds, saved once a stage has written
+            # its output: a stage refused for bad input (exit 2) leaves an earlier run's config as it was.
+            OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         except ConfigError as exc:
             bad_input(str(exc))
         except NonFiniteError as exc:

@@ -53,10 +53,12 @@ def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_over
     assert result["episodes"] == 8 and result["success_rate"] >= 0.9
     assert "Successes" in (run / "teacher_eval.md").read_text()
     assert (run / "metrics.jsonl").exists() and (run / "config.yaml").exists()
-    before = (run / "teacher.pt").read_bytes()
-    again = pipeline("stage=teacher", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled")
+    before, config = (run / "teacher.pt").read_bytes(), (run / "config.yaml").read_bytes()
+    again = pipeline("stage=teacher", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
+                     "teacher.eval_episodes=4")
     assert again.returncode == 2 and "already exists" in again.stderr
-    assert (run / "teacher.pt").read_bytes() == before
+    # refused: neither the checkpoint nor the config of the run that made it is replaced
+    assert (run / "teacher.pt").read_bytes() == before and (run / "config.yaml").read_bytes() == config
 
 
 def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
