@@ -25,7 +25,7 @@ from bc.callbacks import ClosedLoopSelection, MetricsWriter
 from bc.data import BCDataModule
 from bc.module import BCModule
 from common.metrics import MetricsLogger
-from common.rundir import input_path, output_path, run_dir
+from common.rundir import code_version, input_path, output_path, run_dir
 from datasets.store import EpisodeStore
 from envs import env_config_dict, make_env
 from envs.base import ConfigError, ObsSpec
@@ -171,9 +171,10 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
             "selection": selection.history, "env_name": env_name, "env_cfg": env_cfg,
             "obs_spec": full_spec.to_dict(),
             "dataset": {"path": str(data_path), "hash": dataset_hash(store), "episodes": store.committed_episodes,
+                        "code_version": store.attrs.get("code_version", "unknown"),
                         "train_episodes": dm.train_episodes.tolist(), "val_episodes": dm.val_episodes.tolist()},
             "bc_cfg": OmegaConf.to_container(b, resolve=True), "seed": int(cfg.seed),
-            "code_version": store.attrs.get("code_version", "unknown"), "train_seconds": wall}
+            "code_version": code_version(), "train_seconds": wall}
     torch.save(ckpt, student_path)
     logger.log({"selected_epoch": best["epoch"], "selected_success_rate": best["success_rate"],
                 "train_seconds": wall, "iteration": trainer.global_step}, step=trainer.global_step)

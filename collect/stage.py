@@ -8,7 +8,6 @@ refused.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -17,20 +16,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from collect.collector import EPISODE_LAYOUT, FilterConfig, collect, data_layout, file_sha256
 from collect.parallel import collect_parallel
 from common.policies import load_checkpoint, policy_from_checkpoint
-from common.rundir import run_dir
+from common.rundir import code_version, run_dir
 from datasets.store import EpisodeStore
 from datasets.summary import summarize
 from envs import env_config_with, make_env
 from envs.base import ConfigError
-
-
-def code_version() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run(cfg) -> dict:

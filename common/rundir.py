@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from envs.base import ConfigError
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the code running now (provenance of a dataset or checkpoint)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 class NotYetAvailable(RuntimeError):

@@ -10,8 +10,9 @@ Format (a plain dict; ``torch.load(path, weights_only=True)`` reads it)::
     selected        {"epoch", "success_rate", ...}: which weights ``state_dict`` holds
     selection       [{"epoch", "step", "success_rate", "mean_reward", "mean_episode_length", ...}] every evaluation
     env_name, env_cfg, obs_spec (every group of the env the dataset was collected on)
-    dataset         {"path", "hash" (sha256 of episode_ends and attrs), "episodes", "train_episodes", "val_episodes"}
-    bc_cfg, seed, code_version
+    dataset         {"path", "hash" (sha256 of episode_ends and attrs), "episodes", "code_version" (the
+                    collecting code's), "train_episodes", "val_episodes"}
+    bc_cfg, seed, code_version (the training code's)
 
 Behaviour cloning (bc/), fine-tuning (finetune/) and evaluation (evaluation/) all read it through
 ``load_student``; evaluation must not import bc/, so this lives in rl/student/.
