@@ -2,8 +2,8 @@
 
 ClosedLoopSelection: every ``every`` epochs (and after the last) the deterministic policy
 (``common.policies.NetworkPolicy``: the mean action, memory carried, reset on done, previous action fed) plays
-``episodes`` episodes on held-out seeds: ``seed + BC_SELECTION_SEED_OFFSET``, apart from the final
-evaluation's (seed + 7919), the teacher selection's (seed + 31337) and the collection's (hashed
+``episodes`` episodes on held-out seeds: ``common.evaluate.student_selection_seed(seed)``, apart from the
+final evaluation's, the teacher selection's (both in common/evaluate.py) and the collection's (hashed
 per round from the collect seed). It keeps the weights with the best success rate (ties: the
 earliest; a later one has to be measurably better). Validation loss plays no part: with a
 previous-action token it rewards copying the expert's last action (the copycat trap).
@@ -20,16 +20,14 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-from common.evaluate import evaluate
+from common.evaluate import evaluate, student_selection_seed
 from common.policies import NetworkPolicy
-
-BC_SELECTION_SEED_OFFSET = 52711
 
 
 class ClosedLoopSelection(L.Callback):
     def __init__(self, make_env: Callable[[], object], every: int, episodes: int, seed: int):
         self.make_env, self.every, self.episodes = make_env, every, episodes
-        self.seed = seed + BC_SELECTION_SEED_OFFSET
+        self.seed = student_selection_seed(seed)
         self.env = None
         self.history: list[dict] = []
         self.best: dict | None = None  # {"epoch", "success_rate", "state_dict"}

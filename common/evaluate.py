@@ -3,9 +3,10 @@
 The seeds: ``evaluate(..., seed)`` resets round r at ``seed + 1000003 r``; every env's episode seed
 derives from that base seed, its index and its episode counter (``envs/rng.py``). The final
 evaluations (the teacher stage's table and ``stage=eval``) start at ``evaluation_seed(seed)``, the
-teacher's weight selection at ``selection_seed(seed)``; training uses the run's seed itself and small
-offsets of it (+1, +2: the runner's generators, +211: the warm start's expert pairs, +100 + 1000 r:
-the curriculum's expert states). The three stay apart for one run's seed.
+teacher's weight selection at ``selection_seed(seed)``, the student's at
+``student_selection_seed(seed)``; training uses the run's seed itself and small offsets of it (+1,
++2: the runner's generators, +211: the warm start's expert pairs, +100 + 1000 r: the curriculum's
+expert states). They stay apart for one run's seed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _KEYS = ("success", "return", "length", "attempts", "object_lost", "sim_unstable
 ROUND_STRIDE = 1000003  # evaluate(): round r resets at seed + ROUND_STRIDE * r
 EVAL_SEED_OFFSET = 7919
 SELECTION_SEED_OFFSET = 31337
+STUDENT_SELECTION_SEED_OFFSET = 52711
 
 
 def evaluation_seed(seed: int) -> int:
@@ -33,6 +35,12 @@ def evaluation_seed(seed: int) -> int:
 def selection_seed(seed: int) -> int:
     """The base seed of model selection in closed loop (``teacher.select``), apart from the final one's."""
     return int(seed) + SELECTION_SEED_OFFSET
+
+
+def student_selection_seed(seed: int) -> int:
+    """The base seed of behaviour cloning's closed-loop selection (``bc.eval_every``), apart from the
+    final evaluation's and the teacher selection's."""
+    return int(seed) + STUDENT_SELECTION_SEED_OFFSET
 
 
 def evaluation_env_config(cfg, num_episodes: int) -> dict:

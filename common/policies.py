@@ -5,12 +5,11 @@ A checkpoint is a dict written with ``torch.save`` and read with ``weights_only=
 its kind needs. ``load_policy(path, env, device)`` reads it, checks it was made for ``env``, and
 builds the policy with the loader registered for its kind. A new kind is one function::
 
-    @register("student")
-    def _student(ckpt: dict, env, device: torch.device) -> Policy:
-        check_obs_spec(ckpt, env, ["policy"])
-        model = student_from_config(ckpt["model_cfg"])  # rl/student: the model's class and config
-        model.load_state_dict(ckpt["model"])
-        return NetworkPolicy(model, device, kind="student")  # memory carried and reset per episode
+    @register("my_kind")
+    def _my_kind(ckpt: dict, env, device: torch.device) -> Policy:
+        check_obs_spec(ckpt, env, ["policy"])       # the observation layout it was trained on
+        model = build_from(ckpt)                    # a network of rl/ (see ``_student`` below)
+        return NetworkPolicy(model, device, kind="my_kind")  # memory carried and reset per episode
 
 Loaders must not import a stage package (teacher/, bc/, ...): the model they build lives in rl/ or
 common/, so that evaluation/ can load every kind.
