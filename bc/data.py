@@ -140,7 +140,8 @@ class BCDataModule(L.LightningDataModule):
     """Reads the store at ``setup`` (each process, in place), splits by episode, makes the windows."""
 
     def __init__(self, path: str, spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
-                 val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0):
+                 val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0,
+                 num_episodes: int | None = None):
         super().__init__()
         if perturbed_steps not in ("keep", "mask"):
             raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
@@ -148,6 +149,7 @@ class BCDataModule(L.LightningDataModule):
         self.window, self.stride, self.burn_in = window, stride, burn_in
         self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
         self.mask_perturbed, self.num_workers = perturbed_steps == "mask", num_workers
+        self.num_episodes = num_episodes  # the first N committed episodes (None: all)
         self.arrays: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -157,6 +159,12 @@ class BCDataModule(L.LightningDataModule):
         n = len(self.arrays["ends"])
         if n == 0:
             raise ConfigError(f"dataset {self.path} has no committed episodes; collect some first")
+        if self.num_episodes is not None:
+            if self.num_episodes > n:
+                raise ConfigError(f"bc.num_episodes={self.num_episodes} but {self.path} has {n} committed episodes; "
+                                  f"lower it or collect more")
+            n = self.num_episodes
+            self.arrays["ends"] = self.arrays["ends"][:n]  # later steps are never indexed
         self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
         self.train_set = WindowDataset(self.arrays, self.train_episodes, self.window, self.stride, self.burn_in,
                                        self.mask_perturbed)

@@ -120,7 +120,8 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
                               f"transformer's block bc.transformer.block={K} (memory blocks count from the episode's "
                               f"start)")
     dm = BCDataModule(str(data_path), full_spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
-                      float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers))
+                      float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
+                      None if b.num_episodes is None else int(b.num_episodes))
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
@@ -171,6 +172,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
             "selection": selection.history, "env_name": env_name, "env_cfg": env_cfg,
             "obs_spec": full_spec.to_dict(),
             "dataset": {"path": str(data_path), "hash": dataset_hash(store), "episodes": store.committed_episodes,
+                        "used_episodes": len(dm.arrays["ends"]),
                         "code_version": store.attrs.get("code_version", "unknown"),
                         "train_episodes": dm.train_episodes.tolist(), "val_episodes": dm.val_episodes.tolist()},
             "bc_cfg": OmegaConf.to_container(b, resolve=True), "seed": int(cfg.seed),

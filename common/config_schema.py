@@ -217,6 +217,7 @@ class BCRNNSchema(BCMLPSchema):
 @dataclass
 class BCSchema:
     dataset: str | None = MISSING
+    num_episodes: int | None = count(None)
     model: str = spec(choices=("transformer", "mlp", "rnn"))
     resume: bool = MISSING
     window: int = count()

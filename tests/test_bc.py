@@ -102,6 +102,23 @@ def test_split_is_by_episode_deterministic_and_seeded():
     assert not np.array_equal(split_episodes(50, 0.2, seed=4)[1], val)
 
 
+def test_num_episodes_learns_from_the_first_n_episodes_only(dataset):
+    from bc.data import BCDataModule
+    from datasets.store import EpisodeStore
+    from envs.base import ObsSpec
+    store = EpisodeStore.open(dataset)
+    spec = ObsSpec.from_dict(store.attrs["obs_spec"])
+    dm = BCDataModule(str(dataset), spec, 8, 8, 0, 4, 0.25, 0, num_episodes=4)
+    dm.setup()
+    assert sorted([*dm.train_episodes, *dm.val_episodes]) == [0, 1, 2, 3]
+    obs, _ = dm.train_steps()
+    lengths = np.diff(np.concatenate([[0], store.episode_ends]))
+    assert len(obs) == sum(lengths[e] for e in dm.train_episodes)
+    assert max(end for _, end, _ in dm.train_set.index) <= store.episode_ends[3]
+    with pytest.raises(ConfigError, match="bc.num_episodes=99"):
+        BCDataModule(str(dataset), spec, 8, 8, 0, 4, 0.25, 0, num_episodes=99).setup()
+
+
 def test_stored_raw_actions_reach_the_loss_unclipped():
     model = build_student("transformer", policy_spec(1), {"d_model": 16, "n_heads": 2, "n_layers": 1, "block": 4})
     module = BCModule(model, 1e-3, 0.0, 1, 0.0, burn_in=4, seed=0)
