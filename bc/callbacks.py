@@ -84,22 +84,31 @@ class ClosedLoopSelection(L.Callback):
 
 class MetricsWriter(L.Callback):
     """Rank 0 writes what the module logged to ``MetricsLogger`` (metrics.jsonl and wandb): the train
-    numbers every ``every`` steps, validation and closed-loop numbers per epoch."""
+    numbers every ``every`` steps, the model's internals (``BCModule.diagnostics``: residual ratios,
+    attention entropies, memory norm; one extra no-grad pass on the batch just trained on) every
+    ``diag_every`` steps (0: never), validation and closed-loop numbers per epoch."""
 
-    def __init__(self, logger, selection: ClosedLoopSelection | None, every: int = 10):
-        self.logger, self.selection, self.every = logger, selection, every
+    def __init__(self, logger, selection: ClosedLoopSelection | None, every: int = 10, diag_every: int = 0):
+        self.logger, self.selection, self.every, self.diag_every = logger, selection, every, diag_every
         self.t0 = time.perf_counter()
         self.samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples += int(batch["action"].shape[0]) * trainer.world_size
-        if not trainer.is_global_zero or trainer.global_step % self.every:
+        step = trainer.global_step
+        if not trainer.is_global_zero:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "lr"))}
-        m.update(pl_module.grad_stats)
-        elapsed = time.perf_counter() - self.t0
-        m.update(epoch=trainer.current_epoch, iteration=trainer.global_step, samples_per_s=self.samples / elapsed)
-        self.logger.log(m, step=trainer.global_step)
+        m = {}
+        if step % self.every == 0:
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "lr"))}
+            m.update(pl_module.grad_stats)
+            m.update(samples_per_s=self.samples / (time.perf_counter() - self.t0))
+        if self.diag_every and step % self.diag_every == 0:
+            with trainer.precision_plugin.train_step_context():  # the precision the model trains in
+                m.update(pl_module.diagnostics(batch))
+        if m:
+            m.update(epoch=trainer.current_epoch, iteration=step)
+            self.logger.log(m, step=step)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:

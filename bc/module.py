@@ -33,7 +33,9 @@ class BCModule(L.LightningModule):
         self.grad_stats: dict[str, float] = {}
         self.schedule_epochs: int | None = None  # the LR schedule spans this many epochs (default: max_epochs)
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def window_inputs(self, batch: dict) -> tuple[dict, torch.Tensor, object]:
+        """The window's observations (B, T, .), its resets (B, T) and the memory its first step starts
+        from: the burn-in's, run under no_grad and detached (None without a burn-in)."""
         B = self.burn_in
         obs = {"policy": batch["policy"], "prev_action": batch["prev_action"]}
         memory = None
@@ -41,12 +43,29 @@ class BCModule(L.LightningModule):
             with torch.no_grad():
                 _, memory = self.model.forward_sequence({k: v[:, :B] for k, v in obs.items()}, batch["reset"][:, :B])
             memory = memory.detach() if memory is not None else None
-        dist, _ = self.model.forward_sequence({k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory)
+        return {k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        B = self.burn_in
+        dist, _ = self.model.forward_sequence(*self.window_inputs(batch))
         loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
         valid = batch["valid"][:, B:]
         info["n"] = valid.sum().to(loss.dtype)
         info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
         return loss, info
+
+    def diagnostics(self, batch: dict) -> dict[str, float]:
+        """The model's internals (rl/student/diagnostics.py) on a training batch's windows, measured on
+        the steps the loss sees. In eval mode: the previous-action dropout or noise would draw from
+        the training RNG, so turning diagnostics on would change the run (and its exact resume)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                obs, resets, memory = self.window_inputs(batch)
+                return self.model.diagnostics(obs, resets, memory, batch["valid"][:, self.burn_in:])
+        finally:
+            self.model.train(was_training)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # The training RNG (previous-action dropout or noise) is a function of (seed, epoch, rank), so a

@@ -1,4 +1,7 @@
-"""BC curves from ``metrics.jsonl`` to ``plots/bc_training.png`` and ``plots/bc_gradients.png``."""
+"""BC curves from ``metrics.jsonl`` to ``plots/bc_training.png``, ``plots/bc_gradients.png`` and
+``plots/bc_internals.png`` (the model's internals, rl/student/diagnostics.py: residual ratios, a panel
+per branch; attention entropies, a panel per layer; the memory norm). What a run did not log (an MLP
+student has no internals to show) is left out; a file with no panel at all is not written."""
 
 from __future__ import annotations
 
@@ -34,13 +37,13 @@ def plot_bc(metrics: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def draw(panels, name, logy=False):
+    def draw(panels, name, logy=False, per_row=4):
         panels = [(k if isinstance(k, tuple) else (k,), t) for k, t in panels]
         panels = [(k, t) for k, t in panels if any(key in r for r in rows for key in k)]
         if not panels:
             return
-        n_rows = -(-len(panels) // 4)
-        fig, axes = plt.subplots(n_rows, 4, figsize=(16, 3 * n_rows), squeeze=False)
+        n_rows = -(-len(panels) // per_row)
+        fig, axes = plt.subplots(n_rows, per_row, figsize=(4 * per_row, 3 * n_rows), squeeze=False)
         for ax, (keys, title) in zip(axes.flat, panels):
             for key in keys:
                 pts = [(r["iteration"], r[key]) for r in rows if key in r and r[key] == r[key]]
@@ -63,4 +66,24 @@ def plot_bc(metrics: Path, out_dir: Path) -> list[Path]:
     draw(PANELS, "bc_training.png")
     grad_keys = sorted({k for r in rows for k in r if k.startswith(("grad_l2/", "grad_max/"))})
     draw([(k, k) for k in grad_keys], "bc_gradients.png", logy=True)
+    draw(internal_panels({k for r in rows for k in r}), "bc_internals.png", per_row=3)
     return written
+
+
+def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
+    """The panels of bc_internals.png from the logged keys: residual ratios per layer (a panel per
+    branch), attention entropy per head (a panel per layer), memory norm (mean and max)."""
+    panels = []
+    for branch in ("attn", "mlp"):
+        layers = tuple(sorted(k for k in keys if k.startswith(f"resid_{branch}/")))
+        if layers:
+            panels.append((layers, f"residual ratio ||{branch} branch|| / ||stream|| per layer (0: branch off)"))
+    entropy: dict[str, list[str]] = {}
+    for k in sorted(k for k in keys if k.startswith("attn_entropy/")):
+        entropy.setdefault(k.rsplit("/", 1)[0], []).append(k)  # attn_entropy/<layer>/head<h> by layer
+    panels += [(tuple(heads), f"attention entropy per head, {layer.split('/', 1)[1]} (nats; log n: uniform)")
+               for layer, heads in entropy.items()]
+    memory = tuple(k for k in ("memory_norm", "memory_norm_max") if k in keys)
+    if memory:
+        panels.append((memory, "carried memory L2 norm per token (mean, max)"))
+    return panels

@@ -142,7 +142,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     is_zero = _is_rank_zero()
     logger = MetricsLogger(out_dir, "bc", cfg.logger.mode if is_zero else "disabled", cfg.logger.project,
                            config=OmegaConf.to_container(cfg, resolve=True) if is_zero else None)
-    callbacks = [selection, MetricsWriter(logger, selection, int(b.log_every)), ckpt_cb]
+    callbacks = [selection, MetricsWriter(logger, selection, int(b.log_every), int(b.diag_every)), ckpt_cb]
     if bool(b.progress):
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
     epochs = int(b.epochs) if _stop_after_epochs is None else int(_stop_after_epochs)

@@ -241,6 +241,7 @@ class BCSchema:
     eval_every: int = spec(ge=0)
     eval_episodes: int = count()
     log_every: int = count()
+    diag_every: int = spec(ge=0)
     progress: bool = MISSING
     transformer: BCTransformerSchema = MISSING
     mlp: BCMLPSchema = MISSING

@@ -4,6 +4,7 @@ One tiny scripted-expert Lift dataset (a session fixture) and tiny models; stage
 through ``bc.stage.run`` except the command-line cases (exit code 2, DDP's two processes)."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,9 @@ TINY = ["bc.transformer.d_model=16", "bc.transformer.n_heads=2", "bc.transformer
         "logger.mode=disabled", "env=lift", "env.num_envs=4"]
 
 
+DIAG_EVERY = 3
+
+
 def make_cfg(run_dir, *overrides):
     with initialize_config_dir(config_dir=pipeline.CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
@@ -50,11 +54,12 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, dataset):
-    """A tiny transformer trained 3 epochs with a closed-loop evaluation after each."""
+    """A tiny transformer trained 3 epochs with a closed-loop evaluation after each, its internals
+    measured every 3 steps."""
     from bc.stage import run
     run_dir = tmp_path_factory.mktemp("bc_run")
     result = run(make_cfg(run_dir, f"bc.dataset={dataset}", "bc.epochs=3", "bc.eval_every=1", "bc.lr=0.003",
-                          "bc.batch_size=8", "bc.window_stride=4"))
+                          "bc.batch_size=8", "bc.window_stride=4", f"bc.diag_every={DIAG_EVERY}"))
     return run_dir, result
 
 
@@ -180,6 +185,28 @@ def test_normaliser_comes_from_the_training_split(trained, dataset):
     all_mean = torch.from_numpy(arrays["action"].mean(0)).double()
     assert not torch.allclose(ckpt["state_dict"]["norm.act_mean"].double(), all_mean, atol=1e-5, rtol=1e-5)
     assert (run_dir / "plots" / "bc_training.png").stat().st_size > 5_000
+
+
+def test_a_bc_run_logs_the_internals_every_diag_every_steps_and_plots_them(trained):
+    from PIL import Image
+
+    from bc.plots import internal_panels
+    run_dir, result = trained
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = ["resid_attn/layer0", "resid_mlp/layer0", "attn_entropy/layer0/head0", "attn_entropy/layer0/head1",
+            "memory_norm", "memory_norm_max"]  # TINY: one layer, two heads, two memory tokens
+    measured = [r for r in rows if "memory_norm" in r]
+    assert [r["iteration"] for r in measured] == list(range(DIAG_EVERY, result["steps"] + 1, DIAG_EVERY))
+    assert all(set(keys) <= set(r) and all(math.isfinite(r[k]) for k in keys) for r in measured)
+    # safe init: the branches start at zero and grow; attention spreads over more than one key
+    assert measured[-1]["resid_attn/layer0"] > 0 and measured[-1]["attn_entropy/layer0/head0"] > 0.1
+    assert all(0 < r["memory_norm"] <= r["memory_norm_max"] <= 4.0 for r in measured)  # gate: |m| <= 1, D = 16
+    titles = [t for _, t in internal_panels({k for r in rows for k in r})]
+    assert len(titles) == 4 and "attn branch" in titles[0] and "mlp branch" in titles[1]
+    assert "entropy" in titles[2] and "memory" in titles[3]
+    png = run_dir / "plots" / "bc_internals.png"
+    assert png.stat().st_size > 5_000
+    assert Image.open(png).size == (3 * 4 * 80, 2 * 3 * 80)  # 4 panels, 3 a row at 80 dpi: two rows
 
 
 def test_student_pt_round_trip_reproduces_the_selected_closed_loop_result(trained):

@@ -129,3 +129,6 @@ class LSTMStudent(_FlatStudent):
 
     def forward(self, obs_seq: dict, starts=None, memory0=None):
         return self.forward_sequence(obs_seq, starts, memory0)
+
+    def memory_vectors(self, memory: RNNMemory) -> torch.Tensor:
+        return memory.h  # (layers, N, H): the hidden states carried to the next step, one norm each

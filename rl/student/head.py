@@ -7,11 +7,14 @@ log-likelihood of the dataset's raw actions, optionally plus an MSE term on the 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.distributions import Normal
 
 from rl.networks import mlp
+from rl.student.diagnostics import Probe, memory_norm_stats
 from rl.student.tokens import Normalizer
 
 
@@ -53,6 +56,7 @@ class StudentMixin:
     """Helpers shared by the three students (each has ``spec``, ``cfg``, ``kind``, ``norm``, ``head``)."""
 
     is_recurrent = True
+    _probe: Probe | None = None  # set only inside ``recording()``: the layers feed it when it is there
 
     def config_dict(self) -> dict:
         """Everything ``student_from_config`` needs to rebuild this model (the weights go apart)."""
@@ -73,3 +77,31 @@ class StudentMixin:
         """The deterministic action (the mean) for evaluation."""
         dist, memory = self.act(obs, memory)
         return dist.mean, memory
+
+    @contextmanager
+    def recording(self, step_valid: torch.Tensor | None = None):
+        """Within it, ``forward_sequence`` feeds a ``Probe`` (rl/student/diagnostics.py) of its internals;
+        outside it the model runs its normal (fused) path. step_valid (B, T): the steps to measure."""
+        self._probe = Probe(step_valid)
+        try:
+            yield self._probe
+        finally:
+            self._probe = None
+
+    def memory_vectors(self, memory) -> torch.Tensor | None:
+        """The carried memory as vectors (..., D) for its norm; None: the student has none."""
+        return None
+
+    @torch.no_grad()
+    def diagnostics(self, obs_seq: dict, starts: torch.Tensor | None = None, memory0=None,
+                    step_valid: torch.Tensor | None = None) -> dict[str, float]:
+        """One ``forward_sequence`` over a window (arguments as there) measured: what the probe records
+        (the transformer's residual ratios and attention entropies) and the norm of the memory carried
+        after the window (``memory_norm``, ``memory_norm_max``). The MLP student has neither: {}."""
+        with self.recording(step_valid) as probe:
+            _, memory = self.forward_sequence(obs_seq, starts, memory0)
+        stats = probe.summary()
+        vectors = self.memory_vectors(memory)
+        if vectors is not None and vectors.numel():
+            stats.update(memory_norm_stats(vectors))
+        return stats

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.base import ConfigError, ObsSpec
+from rl.student.diagnostics import LayerProbe, attention_weights
 from rl.student.head import GaussianHead, StudentMixin
 from rl.student.tokens import EntityTokenizer, Normalizer, prev_action_input
 
@@ -83,14 +84,20 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, h, store, mask):
+    def forward(self, h, store, mask, probe: LayerProbe | None = None):
         """h (B, N, D) the normed stream; ``store(k, v)`` puts this layer's own keys/values (B, H, N, Dh)
         where they belong and returns the keys/values to attend over (B, H, C, Dh); mask (B|1, 1, N, C)
         bool. Returns the branch output (B, N, D)."""
         B, N, D = h.shape
         q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+        q = self.q_norm(q)
         keys, values = store(self.k_norm(k), v)
-        y = F.scaled_dot_product_attention(self.q_norm(q), keys, values, attn_mask=mask)
+        if probe is None:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, N, Dh)
+        else:  # SDPA returns no weights: the same attention spelled out, its output the one used
+            weights = attention_weights(q, keys, mask)  # (B, H, N, C)
+            probe.attention(weights)
+            y = weights @ values
         return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
@@ -104,9 +111,15 @@ class Layer(nn.Module):
         self.attn = Attention(cfg)
         self.fc, self.out = nn.Linear(cfg.d_model, hidden), nn.Linear(hidden, cfg.d_model)
 
-    def forward(self, x, store, mask):
-        x = x + self.attn(self.ln1(x), store, mask)
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+    def forward(self, x, store, mask, probe: LayerProbe | None = None):
+        a = self.attn(self.ln1(x), store, mask, probe)  # (B, N, D) the attention branch
+        if probe is not None:
+            probe.residual("attn", a, x)
+        x = x + a
+        m = self.out(F.gelu(self.fc(self.ln2(x))))  # (B, N, D) the MLP branch
+        if probe is not None:
+            probe.residual("mlp", m, x)
+        return x + m
 
 
 class MemoryGate(nn.Module):
@@ -168,6 +181,11 @@ class HistoryTransformer(StudentMixin, nn.Module):
     def virtual_layers(self) -> list[Layer]:
         return list(self.layers) * self.cfg.passes
 
+    def _layer_name(self, i: int) -> str:
+        """The diagnostics' name of pass-layer i: layer<l>, or pass<p>/layer<l> with P > 1."""
+        n = self.cfg.n_layers
+        return f"layer{i % n}" if self.cfg.passes == 1 else f"pass{i // n}/layer{i % n}"
+
     # ---- memory -------------------------------------------------------------------------------
     def _memory_pass(self, tokens: torch.Tensor):
         """tokens (N, M, D) -> keys, values (N, V, H, M, Dh): the memory as context for a block."""
@@ -227,10 +245,12 @@ class HistoryTransformer(StudentMixin, nn.Module):
         tok = self.tokenizer(x, prev)  # (..., S-1, D)
         return torch.cat([tok, self.act_emb.expand(*tok.shape[:-2], 1, -1)], dim=-2)
 
-    def _advance(self, chunk: torch.Tensor, length: torch.Tensor, memory: BlockMemory):
+    def _advance(self, chunk: torch.Tensor, length: torch.Tensor, memory: BlockMemory,
+                 t_idx: torch.Tensor | None = None):
         """Run up to L steps of each env's current block.
 
-        chunk (B, L, S, D) step tokens; length (B,) steps valid per row (<= K - count; padding after).
+        chunk (B, L, S, D) step tokens; length (B,) steps valid per row (<= K - count; padding after);
+        t_idx (B, L) the steps' times in the window (only the diagnostics' step mask reads it).
         Returns (ACT outputs (B, L, D), memory after those steps)."""
         B, L, S, D = chunk.shape
         K, dev = self.cfg.block, chunk.device
@@ -249,6 +269,9 @@ class HistoryTransformer(StudentMixin, nn.Module):
         src = (j[:, None] * S + torch.arange(S, device=dev)).reshape(-1)  # token within the chunk
         dst = M + ((count[b] + j)[:, None] * S + torch.arange(S, device=dev)).reshape(-1)  # slot in the cache
         ks, vs = [], []
+        probe = self._probe
+        if probe is not None:
+            probe.begin_chunk(length, L, S, t_idx)
 
         def write(cache, new):  # cache (B, H, C, Dh), new (B, H, L*S, Dh): out of place, autograd-safe
             new_rows = new.transpose(1, 2)[b_tok, src]  # (n*S, H, Dh)
@@ -258,7 +281,7 @@ class HistoryTransformer(StudentMixin, nn.Module):
                 ks.append(write(memory.k[:, i], k))
                 vs.append(write(memory.v[:, i], v))
                 return ks[-1], vs[-1]
-            x = layer(x, store, mask)
+            x = layer(x, store, mask, probe.layer(self._layer_name(i)) if probe is not None else None)
         out = self.ln_f(x).view(B, L, S, D)[:, :, -1]  # (B, L, D) the ACT tokens
         count = count + length
         new = BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count)
@@ -308,7 +331,7 @@ class HistoryTransformer(StudentMixin, nn.Module):
             L = int(length.max())
             t_idx = (pos[:, None] + torch.arange(L, device=dev)).clamp(max=T - 1)  # (B, L)
             chunk = tokens.gather(1, t_idx[:, :, None, None].expand(B, L, S, D))  # (B, L, S, D)
-            out, memory = self._advance(chunk, length, memory)
+            out, memory = self._advance(chunk, length, memory, t_idx)
             b, j = (torch.arange(L, device=dev)[None] < length[:, None]).nonzero(as_tuple=True)
             outs = outs.index_put((b, pos[b] + j), out[b, j])
             pos = pos + length
@@ -316,6 +339,9 @@ class HistoryTransformer(StudentMixin, nn.Module):
 
     def forward(self, obs_seq: dict, starts: torch.Tensor | None = None, memory0=None):
         return self.forward_sequence(obs_seq, starts, memory0)
+
+    def memory_vectors(self, memory: BlockMemory) -> torch.Tensor:
+        return memory.tokens  # (N, M, D): the carried memory tokens, one norm each
 
 
 _KINDS = ("transformer", "mlp", "rnn")
