@@ -196,6 +196,7 @@ class BCTransformerSchema:  # rl/student/model.py HistoryConfig
     memory_update: str = spec(choices=("gate", "norm"))
     gate_bias: float = MISSING
     head_hidden: list[int] = MISSING
+    obs_skip: bool = MISSING
     prev_action: str = spec(choices=PREV_ACTION)
     prev_action_p: float = spec(ge=0.0)
 

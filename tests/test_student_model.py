@@ -18,6 +18,7 @@ KINDS = {
     "transformer": SMALL,
     "transformer_p2_norm_prev": {**SMALL, "block": 3, "passes": 2, "memory_update": "norm", "qk_norm": False,
                                  "prev_action": "on"},
+    "transformer_skip": {**SMALL, "obs_skip": True},
     "rnn": {"hidden": [32], "rnn_hidden": 32, "rnn_layers": 2, "head_hidden": [32]},
     "mlp": {"hidden": [32], "head_hidden": [32]},
 }

@@ -50,6 +50,7 @@ class HistoryConfig:
     memory_update: str = "gate"  # gate (GTrXL GRU gate) | norm (RMSNorm of old + candidate)
     gate_bias: float = 1.0  # > 0: the gate starts mostly keeping the old memory
     head_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    obs_skip: bool = False  # the head also reads the current step's normalised observation (an MLP path)
     init_std: float | list[float] = 1.0
     prev_action: str = "off"  # off | on | dropout | noise (the copycat trap)
     prev_action_p: float = 0.5  # dropout probability or noise std (normalised units)
@@ -163,7 +164,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.ln_f, self.ln_mem = nn.RMSNorm(D), nn.RMSNorm(D)
         self.update = MemoryGate(D, cfg.gate_bias) if cfg.memory_update == "gate" else nn.RMSNorm(D)
-        self.head = GaussianHead(D, cfg.head_hidden, cfg.action_dim, cfg.init_std)
+        skip = spec.dim(cfg.group) if cfg.obs_skip else 0
+        self.head = GaussianHead(D + skip, cfg.head_hidden, cfg.action_dim, cfg.init_std)
         self._init_weights()
 
     def _init_weights(self):
@@ -300,7 +302,7 @@ class HistoryTransformer(StudentMixin, nn.Module):
         memory = memory if memory is not None else self.initial_memory(tokens.shape[0], tokens.device)
         length = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
         out, memory = self._advance(tokens[:, None], length, memory)
-        return self.head(out[:, 0], self.norm), memory
+        return self.head(self._head_input(out[:, 0], obs), self.norm), memory
 
     def forward_sequence(self, obs_seq: dict, starts: torch.Tensor | None = None,
                          memory0: BlockMemory | None = None):
@@ -335,7 +337,14 @@ class HistoryTransformer(StudentMixin, nn.Module):
             b, j = (torch.arange(L, device=dev)[None] < length[:, None]).nonzero(as_tuple=True)
             outs = outs.index_put((b, pos[b] + j), out[b, j])
             pos = pos + length
-        return self.head(outs, self.norm), memory
+        return self.head(self._head_input(outs, obs_seq), self.norm), memory
+
+    def _head_input(self, act_out: torch.Tensor, obs: dict) -> torch.Tensor:
+        """ACT token outputs (..., D) [+ the step's normalised observation (..., obs_dim) with obs_skip:
+        the head then starts as an MLP student on the current step, and history adds to it]."""
+        if not self.cfg.obs_skip:
+            return act_out
+        return torch.cat([act_out, self.norm.obs(obs[self.cfg.group])], -1)
 
     def forward(self, obs_seq: dict, starts: torch.Tensor | None = None, memory0=None):
         return self.forward_sequence(obs_seq, starts, memory0)
