@@ -22,6 +22,9 @@ window part right-padded at the episode's end. Per step:
 * ``valid``: a window step that exists (padding and, with ``perturbed_steps=mask``, steps an
   injected failure acted on are left out of the loss);
 * ``prev_action``: the raw action of the step before within the episode (zeros at its start).
+
+With ``bc.memory_start=carry`` there are no windows: the episodes are laid end to end in streams and
+cut into chunks whose memory the module carries over (bc/streams.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bc.streams import ChunkSampler, StreamDataset, process_share
 from datasets.store import EpisodeStore
 from envs.base import ConfigError, ObsSpec
 
@@ -115,24 +119,19 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _share(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def _order(self) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch])).permutation(self.n)
 
     def __iter__(self):
-        rank, world = self._share()
+        rank, world = process_share()
         order = self._order()
         order = order[: len(order) - len(order) % world] if world > 1 else order  # equal shares
         return iter(order[rank::world].tolist())
 
     def __len__(self) -> int:
-        _, world = self._share()
+        _, world = process_share()
         return self.n // world
 
 
@@ -141,10 +140,13 @@ class BCDataModule(L.LightningDataModule):
 
     def __init__(self, path: str, spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
                  val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0,
-                 num_episodes: int | None = None):
+                 num_episodes: int | None = None, memory_start: str = "burn_in"):
         super().__init__()
         if perturbed_steps not in ("keep", "mask"):
             raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
+        if memory_start not in ("burn_in", "carry"):
+            raise ConfigError(f"bc.memory_start={memory_start!r}; choose burn_in or carry")
+        self.carry = memory_start == "carry"  # streams of whole episodes (bc/streams.py), not windows
         self.path, self.spec = path, spec
         self.window, self.stride, self.burn_in = window, stride, burn_in
         self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
@@ -166,10 +168,24 @@ class BCDataModule(L.LightningDataModule):
             n = self.num_episodes
             self.arrays["ends"] = self.arrays["ends"][:n]  # later steps are never indexed
         self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
+        if self.carry:
+            self.train_set = StreamDataset(self.arrays, self.train_episodes, self.batch_size, self.window, self.seed,
+                                           True, self.mask_perturbed)
+            self.val_set = StreamDataset(self.arrays, self.val_episodes, self._val_streams(), self.window, self.seed,
+                                         False, self.mask_perturbed)
+            return
         self.train_set = WindowDataset(self.arrays, self.train_episodes, self.window, self.stride, self.burn_in,
                                        self.mask_perturbed)
         self.val_set = WindowDataset(self.arrays, self.val_episodes, self.window, self.stride, self.burn_in,
                                      self.mask_perturbed)
+
+    def _val_streams(self) -> int:
+        """Validation streams per process: at most batch_size, and few enough that each holds about four
+        of the longest episodes (a stream may end up to one episode before the last chunk: with the
+        few validation episodes, batch_size streams would be mostly padding)."""
+        ends = self.arrays["ends"]
+        lengths = (ends - np.concatenate([[0], ends[:-1]]))[self.val_episodes]
+        return int(np.clip(lengths.sum() // (4 * lengths.max()), 1, self.batch_size))
 
     def train_steps(self) -> tuple[np.ndarray, np.ndarray]:
         """(obs, actions) of every step of the training episodes: what the normaliser is fitted on."""
@@ -180,6 +196,9 @@ class BCDataModule(L.LightningDataModule):
         return self.arrays["obs"][rows], self.arrays["action"][rows]
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        if self.carry:  # an item is a whole batch; chunks in order (workers keep the sampler's order)
+            return DataLoader(data, batch_size=None, sampler=ChunkSampler(data), num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
         return DataLoader(data, batch_size=self.batch_size, sampler=EpochSampler(len(data), self.seed, shuffle),
                           num_workers=self.num_workers, drop_last=shuffle and len(data) >= self.batch_size,
                           persistent_workers=self.num_workers > 0)

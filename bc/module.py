@@ -8,6 +8,11 @@ start, or its burn-in's first step), run under no_grad, detached; the window its
 carried block to block), full BPTT through the window for the LSTM. The MLP has no memory: its
 items carry no burn-in.
 
+``memory_start="carry"`` (truncated BPTT, bc/streams.py): a batch is the next chunk of each stream,
+and its memory is the one the previous chunk ended with, detached, kept here per loop (training and
+validation apart); each training epoch and each validation loop start from the model's initial
+memory (None), and the chunk's ``reset`` restarts it at each episode's first step.
+
 AdamW (no weight decay on the log-std, the norms and the embeddings), cosine schedule with linear
 warm-up, per optimizer step; gradient clipping is the Trainer's (``gradient_clip_val``).
 """
@@ -24,30 +29,42 @@ from rl.student.head import bc_loss
 
 class BCModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int,
-                 mse_weight: float, burn_in: int, seed: int, min_lr_ratio: float = 0.1):
+                 mse_weight: float, burn_in: int, seed: int, min_lr_ratio: float = 0.1,
+                 memory_start: str = "burn_in"):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.mse_weight, self.burn_in, self.seed = mse_weight, burn_in, seed
         self.min_lr_ratio = min_lr_ratio
+        self.carry = memory_start == "carry"
+        if self.carry and burn_in:
+            raise ValueError("memory_start='carry' takes no burn-in (the memory comes from the previous chunk)")
+        self._carry: dict[str, object] = {}  # loop -> memory at its next chunk's start (None: initial)
+        self._carry_in: dict[str, object] = {}  # loop -> memory its last chunk started from (diagnostics)
         self.grad_stats: dict[str, float] = {}
         self.schedule_epochs: int | None = None  # the LR schedule spans this many epochs (default: max_epochs)
 
-    def window_inputs(self, batch: dict) -> tuple[dict, torch.Tensor, object]:
+    def window_inputs(self, batch: dict, memory: object = None) -> tuple[dict, torch.Tensor, object]:
         """The window's observations (B, T, .), its resets (B, T) and the memory its first step starts
-        from: the burn-in's, run under no_grad and detached (None without a burn-in)."""
+        from: the burn-in's, run under no_grad and detached; else ``memory`` (carry: the previous
+        chunk's; None: the model's initial memory)."""
         B = self.burn_in
         obs = {"policy": batch["policy"], "prev_action": batch["prev_action"]}
-        memory = None
         if B > 0:
             with torch.no_grad():
                 _, memory = self.model.forward_sequence({k: v[:, :B] for k, v in obs.items()}, batch["reset"][:, :B])
             memory = memory.detach() if memory is not None else None
         return {k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def loss(self, batch: dict, loop: str = "train") -> tuple[torch.Tensor, dict]:
+        """The loss of a batch; with carry, ``loop``'s memory goes in and the memory after the chunk is
+        kept, detached, for its next chunk (gradients stay inside a chunk)."""
         B = self.burn_in
-        dist, _ = self.model.forward_sequence(*self.window_inputs(batch))
+        memory0 = self._carry.get(loop) if self.carry else None
+        dist, memory = self.model.forward_sequence(*self.window_inputs(batch, memory0))
+        if self.carry:
+            self._carry_in[loop] = memory0
+            self._carry[loop] = memory.detach() if memory is not None else None
         loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
         valid = batch["valid"][:, B:]
         info["n"] = valid.sum().to(loss.dtype)
@@ -62,7 +79,7 @@ class BCModule(L.LightningModule):
         self.model.eval()
         try:
             with torch.no_grad():
-                obs, resets, memory = self.window_inputs(batch)
+                obs, resets, memory = self.window_inputs(batch, self._carry_in.get("train"))
                 return self.model.diagnostics(obs, resets, memory, batch["valid"][:, self.burn_in:])
         finally:
             self.model.train(was_training)
@@ -74,6 +91,10 @@ class BCModule(L.LightningModule):
         # RNG when its iterator is made, and a resumed run makes it at another moment (measured).
         if batch_idx == 0:
             torch.manual_seed(self.seed * 1000003 + self.current_epoch * 7919 + self.global_rank)
+            self._carry.pop("train", None)  # carry: an epoch's streams start from no memory
+
+    def on_validation_epoch_start(self) -> None:
+        self._carry.pop("val", None)  # carry: the validation streams start from no memory, each loop
 
     def training_step(self, batch, batch_idx):
         loss, info = self.loss(batch)
@@ -89,7 +110,7 @@ class BCModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, info = self.loss(batch)
+        loss, info = self.loss(batch, "val")
         n = float(info.pop("n"))
         self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=max(int(n), 1))
         self.log("val_mse", info["mse"], sync_dist=True, batch_size=max(int(n), 1))

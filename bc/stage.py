@@ -112,8 +112,9 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     action_dim = int(store.array("data/action").shape[1])
     model = build(cfg, full_spec, action_dim)
     recurrent = getattr(model, "is_recurrent", True)
-    burn_in = int(b.burn_in) if recurrent else 0
-    if model.kind == "transformer":
+    carry = str(b.memory_start) == "carry"  # the memory comes from the previous chunk: no burn-in, no stride
+    burn_in = int(b.burn_in) if recurrent and not carry else 0
+    if model.kind == "transformer" and not carry:  # carry: a chunk may end mid-block (the memory holds it)
         K = model.cfg.block
         if int(b.window_stride) % K or burn_in % K:
             raise ConfigError(f"bc.window_stride={b.window_stride} and bc.burn_in={burn_in} must be multiples of the "
@@ -121,7 +122,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
                               f"start)")
     dm = BCDataModule(str(data_path), full_spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
                       float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
-                      None if b.num_episodes is None else int(b.num_episodes))
+                      None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start))
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
@@ -129,7 +130,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
         _check_resume(last_ckpt, model)
 
     module = BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
-                      int(cfg.seed))
+                      int(cfg.seed), memory_start=str(b.memory_start))
     n_eval = int(b.eval_episodes)
     selection = ClosedLoopSelection(lambda: make_env({**env_cfg, "num_envs": min(n_eval, 32)}), int(b.eval_every),
                                     n_eval, int(cfg.seed))

@@ -63,6 +63,7 @@ BAD = [
     (["collect.perturbations.push_rate=-0.1"], "collect.perturbations.push_rate", "-0.1"),
     (["bc.model=lstm"], "bc.model", "'lstm'"), (["bc.window=0"], "bc.window", "0"),
     (["bc.perturbed_steps=drop"], "bc.perturbed_steps", "'drop'"), (["bc.lr=fast"], "bc.lr", "'fast'"),
+    (["bc.memory_start=bogus"], "bc.memory_start", "'bogus'"),
     (["finetune.critic=none"], "finetune.critic", "'none'"), (["finetune.advantage=td"], "finetune.advantage", "'td'"),
     (["eval.num_episodes=abc"], "eval.num_episodes", "'abc'"), (["eval.num_episodes=0"], "eval.num_episodes", "0"),
     (["eval.num_envs=0"], "eval.num_envs", "0"), (["eval.num_envs=many"], "eval.num_envs", "'many'"),

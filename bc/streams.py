@@ -1,0 +1,135 @@
+"""``bc.memory_start=carry``: the episodes laid end to end in streams, cut into chunks (truncated BPTT).
+
+Why: with ``burn_in`` every window re-computes its starting memory under no_grad and is padded to a
+fixed length; on PickLoose-v1 data the burn-in took ~35% of a training step and padding ~37% of the
+computed steps (bench/bc_throughput.py). Here no step is computed twice: the module carries each
+stream's memory from one chunk to the next (detached: gradients flow only inside a chunk).
+
+Each epoch the episodes, permuted by (seed, epoch) as ``EpochSampler`` permutes windows (validation:
+in their fixed order), are dealt one by one to the currently shortest of n streams (ties: the lowest
+stream), and each stream is its episodes end to end. Batch c is steps [c*window, (c+1)*window) of
+every stream. With DDP over W processes of b streams the layout has W*b streams and rank r takes
+streams r, r+W, ...: the global batch is one process's batch of W*b streams. Per step of a chunk:
+
+* ``starts`` = ``reset``: an episode's first step (the memory restarts there; elsewhere it comes
+  from the previous chunk);
+* ``valid``: a real step (not the padding after a stream's end; with ``perturbed_steps=mask`` not a
+  step an injected failure acted on);
+* ``prev_action``: the raw action of the step before within the episode (zeros at its start), also
+  across a chunk boundary.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def process_share() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def deal(lengths: np.ndarray, order: np.ndarray, n_streams: int) -> list[list[int]]:
+    """The episodes ``order`` (indices into ``lengths``), each to the currently shortest stream, in
+    that order: stream lengths differ by at most one episode's length."""
+    heap = [(0, s) for s in range(n_streams)]  # (stream length, stream)
+    streams: list[list[int]] = [[] for _ in range(n_streams)]
+    for e in order:
+        total, s = heapq.heappop(heap)
+        streams[s].append(int(e))
+        heapq.heappush(heap, (total + int(lengths[e]), s))
+    return streams
+
+
+def chunk_count(total_steps: int, max_length: int, n_streams: int, window: int) -> int:
+    """Chunks per epoch, the same every epoch whatever the permutation: Lightning sizes the LR schedule
+    from len(train_dataloader) once, and DDP's ranks must step together. Every episode joins a stream
+    no longer than the mean, so no stream ends past ceil(mean) + the longest episode."""
+    return -(-(-(-total_steps // n_streams) + max_length) // window)
+
+
+class StreamDataset(Dataset):
+    """The chunks of the episodes ``episodes`` (indices into ``arrays["ends"]``), ``streams`` per
+    process. An item is one whole batch, keyed ``(epoch, chunk, rank, world)`` by ``ChunkSampler``
+    (the sampler runs in the main process, where the rank is known): tensors (streams, window, ...)."""
+
+    def __init__(self, arrays: dict, episodes: np.ndarray, streams: int, window: int, seed: int,
+                 shuffle: bool, mask_perturbed: bool = False):
+        self.a, self.streams, self.window, self.seed, self.shuffle = arrays, streams, window, seed, shuffle
+        self.mask_perturbed = mask_perturbed
+        ends = arrays["ends"]
+        begins = np.concatenate([[0], ends[:-1]])
+        self.begins = begins[episodes].astype(np.int64)  # (E,) first step of each episode
+        self.lengths = (ends[episodes] - begins[episodes]).astype(np.int64)  # (E,)
+        self._key: tuple | None = None  # the cached layout's (epoch, rank, world)
+        self._layout: tuple[np.ndarray, np.ndarray] | None = None
+
+    def n_chunks(self, world: int) -> int:
+        return chunk_count(int(self.lengths.sum()), int(self.lengths.max()), self.streams * world, self.window)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.lengths))
+        return np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(len(self.lengths))
+
+    def layout(self, epoch: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+        """This process's streams: (step, first), each (streams, n_chunks * window): the global step
+        index at each stream position (-1 on the padding after the stream's end) and whether an
+        episode starts there. Cached: an epoch's chunks all come from one layout."""
+        key = (epoch if self.shuffle else 0, rank, world)
+        if self._key != key:
+            mine = deal(self.lengths, self.order(epoch), self.streams * world)[rank::world]
+            step = np.full((len(mine), self.n_chunks(world) * self.window), -1, np.int64)
+            first = np.zeros(step.shape, bool)
+            for row, eps in enumerate(mine):
+                if not eps:
+                    continue
+                idx = np.concatenate([np.arange(self.begins[e], self.begins[e] + self.lengths[e]) for e in eps])
+                step[row, :len(idx)] = idx
+                first[row, np.cumsum([0, *self.lengths[eps[:-1]]])] = True
+            self._key, self._layout = key, (step, first)
+        return self._layout
+
+    def __getitem__(self, key: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
+        epoch, c, rank, world = key
+        step, first = self.layout(epoch, rank, world)
+        cols = slice(c * self.window, (c + 1) * self.window)
+        idx, starts = step[:, cols], first[:, cols]  # (b, window)
+        real = idx >= 0
+        has_prev = real & ~starts  # the step before is in the same episode
+        obs = np.where(real[..., None], self.a["obs"][np.where(real, idx, 0)], 0.0).astype(np.float32)
+        act = np.where(real[..., None], self.a["action"][np.where(real, idx, 0)], 0.0).astype(np.float32)
+        prev = np.where(has_prev[..., None], self.a["action"][np.where(has_prev, idx - 1, 0)], 0.0)
+        valid = real & ~self.a["perturbed"][np.where(real, idx, 0)] if self.mask_perturbed else real
+        return {"policy": torch.from_numpy(obs), "prev_action": torch.from_numpy(prev.astype(np.float32)),
+                "action": torch.from_numpy(act), "starts": torch.from_numpy(starts.copy()),
+                "reset": torch.from_numpy(starts.copy()), "valid": torch.from_numpy(valid.copy())}
+
+    def padding_share(self, epoch: int = 0, world: int = 1) -> float:
+        """Share of the computed stream positions (all ranks) after a stream's end."""
+        steps = [self.layout(epoch, r, world)[0] for r in range(world)]
+        return float(sum((s < 0).sum() for s in steps) / sum(s.size for s in steps))
+
+
+class ChunkSampler(Sampler):
+    """Keys (epoch, chunk, rank, world) for chunks 0, 1, ... in order (the carried memory needs chunk c
+    right after c-1). Lightning calls ``set_epoch``; ``use_distributed_sampler=False`` keeps it."""
+
+    def __init__(self, data: StreamDataset):
+        self.data, self.epoch = data, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rank, world = process_share()
+        return iter([(self.epoch, c, rank, world) for c in range(self.data.n_chunks(world))])
+
+    def __len__(self) -> int:
+        return self.data.n_chunks(process_share()[1])
