@@ -128,8 +128,12 @@ class ChunkSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
+        # A generator: the epoch is read at the first chunk, not when the DataLoader makes its iterator
+        # (with batch_size=None it does so at once, and a resumed run makes it before set_epoch: measured)
         rank, world = process_share()
-        return iter([(self.epoch, c, rank, world) for c in range(self.data.n_chunks(world))])
+        epoch = self.epoch
+        for c in range(self.data.n_chunks(world)):
+            yield epoch, c, rank, world
 
     def __len__(self) -> int:
         return self.data.n_chunks(process_share()[1])
