@@ -54,8 +54,12 @@ def test_streams_hold_every_training_step_once_in_episode_order_with_starts_and_
         assert (prev[real & ~starts] == g[real & ~starts] - 1).all() and (prev[starts] == 0).all()
         boundary = real[:, ::4] & ~starts[:, ::4]  # a chunk's first step that continues an episode
         assert boundary[:, 1:].any()  # so prev_action across a chunk boundary was checked above
-        lengths = real.sum(1)
-        assert int(lengths.max() - lengths.min()) <= max(LENGTHS)  # dealt to the shortest stream
+        dealt = stream_episodes(full)
+        running, taken = [0] * 3, [0] * 3  # replay the deal in the epoch's permutation order
+        for e in TRAIN[data.order(epoch)]:
+            s = next(i for i, eps in enumerate(dealt) if e in eps)
+            assert dealt[s][taken[s]] == e and running[s] == min(running)  # next in its stream, the shortest
+            running[s], taken[s] = running[s] + LENGTHS[e], taken[s] + 1
         counts.add(len(ChunkSampler(data)))
         assert real.shape[1] == data.n_chunks(1) * 4
     assert counts == {data.n_chunks(1)}
