@@ -140,8 +140,9 @@ class BCDataModule(L.LightningDataModule):
 
     def __init__(self, path: str, spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
                  val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0,
-                 num_episodes: int | None = None, memory_start: str = "burn_in"):
+                 num_episodes: int | None = None, memory_start: str = "burn_in", epochs: int = 1):
         super().__init__()
+        self.epochs = epochs  # carry: the epochs of the run (the chunk count covers their deals)
         if perturbed_steps not in ("keep", "mask"):
             raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
         if memory_start not in ("burn_in", "carry"):
@@ -170,7 +171,7 @@ class BCDataModule(L.LightningDataModule):
         self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
         if self.carry:
             self.train_set = StreamDataset(self.arrays, self.train_episodes, self.batch_size, self.window, self.seed,
-                                           True, self.mask_perturbed)
+                                           True, self.mask_perturbed, self.epochs)
             self.val_set = StreamDataset(self.arrays, self.val_episodes, self._val_streams(), self.window, self.seed,
                                          False, self.mask_perturbed)
             return

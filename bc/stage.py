@@ -122,7 +122,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
                               f"start)")
     dm = BCDataModule(str(data_path), full_spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
                       float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
-                      None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start))
+                      None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs))
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)

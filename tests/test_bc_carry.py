@@ -31,11 +31,11 @@ def stream_episodes(full: dict) -> list[list[int]]:
 
 def test_streams_hold_every_training_step_once_in_episode_order_with_starts_and_prev_action():
     a = synthetic(np.cumsum(LENGTHS))
-    data = StreamDataset(a, TRAIN, streams=3, window=4, seed=0, shuffle=True)
+    data = StreamDataset(a, TRAIN, streams=3, window=4, seed=0, shuffle=True, epochs=4)
     ends = a["ends"]
     begins = np.concatenate([[0], ends[:-1]])
     train_rows = sorted(int(i) for e in TRAIN for i in range(begins[e], ends[e]))
-    counts = set()
+    counts, last_chunk_used = set(), []
     for epoch in range(4):
         full = epoch_of(data, epoch)
         real, starts = full["valid"], full["starts"]  # no perturbed mask: valid = a real step
@@ -62,11 +62,13 @@ def test_streams_hold_every_training_step_once_in_episode_order_with_starts_and_
             running[s], taken[s] = running[s] + LENGTHS[e], taken[s] + 1
         counts.add(len(ChunkSampler(data)))
         assert real.shape[1] == data.n_chunks(1) * 4
+        last_chunk_used.append(bool(real[:, -4:].any()))
     assert counts == {data.n_chunks(1)}
-    again = StreamDataset(a, TRAIN, streams=3, window=4, seed=0, shuffle=True)
+    assert any(last_chunk_used)  # sized by the longest stream of the deals: no chunk is padding in every epoch
+    again = StreamDataset(a, TRAIN, streams=3, window=4, seed=0, shuffle=True, epochs=4)
     assert stream_episodes(epoch_of(again, 1)) == stream_episodes(epoch_of(data, 1))  # same (seed, epoch)
     assert stream_episodes(epoch_of(data, 0)) != stream_episodes(epoch_of(data, 1))  # a new epoch: new deal
-    other_seed = StreamDataset(a, TRAIN, streams=3, window=4, seed=1, shuffle=True)
+    other_seed = StreamDataset(a, TRAIN, streams=3, window=4, seed=1, shuffle=True, epochs=4)
     assert stream_episodes(epoch_of(other_seed, 1)) != stream_episodes(epoch_of(data, 1))
     val = StreamDataset(a, TRAIN, streams=3, window=4, seed=0, shuffle=False)
     assert stream_episodes(epoch_of(val, 0)) == stream_episodes(epoch_of(val, 5))  # validation: fixed order
@@ -74,8 +76,8 @@ def test_streams_hold_every_training_step_once_in_episode_order_with_starts_and_
 
 def test_perturbed_steps_mask_leaves_them_out_of_valid_only():
     a = synthetic(np.cumsum(LENGTHS))
-    keep = epoch_of(StreamDataset(a, TRAIN, 3, 4, 0, True), 2)
-    mask = epoch_of(StreamDataset(a, TRAIN, 3, 4, 0, True, mask_perturbed=True), 2)
+    keep = epoch_of(StreamDataset(a, TRAIN, 3, 4, 0, True, epochs=3), 2)
+    mask = epoch_of(StreamDataset(a, TRAIN, 3, 4, 0, True, mask_perturbed=True, epochs=3), 2)
     perturbed = keep["valid"] & (keep["policy"][..., 1] % 5 == 3)  # synthetic: t % 5 == 3
     assert perturbed.any() and torch.equal(mask["valid"], keep["valid"] & ~perturbed)
     assert torch.equal(mask["action"], keep["action"]) and torch.equal(mask["starts"], keep["starts"])
@@ -83,9 +85,9 @@ def test_perturbed_steps_mask_leaves_them_out_of_valid_only():
 
 def test_ddp_rank_r_takes_streams_r_of_world_times_batch_streams():
     a = synthetic(np.cumsum(LENGTHS))
-    one = epoch_of(StreamDataset(a, TRAIN, 4, 4, 0, True), 3)  # one process, 4 streams
-    shared = StreamDataset(a, TRAIN, 2, 4, 0, True)  # 2 processes of 2 streams
-    assert shared.n_chunks(2) == StreamDataset(a, TRAIN, 4, 4, 0, True).n_chunks(1)
+    one = epoch_of(StreamDataset(a, TRAIN, 4, 4, 0, True, epochs=4), 3)  # one process, 4 streams
+    shared = StreamDataset(a, TRAIN, 2, 4, 0, True, epochs=4)  # 2 processes of 2 streams
+    assert shared.n_chunks(2) == StreamDataset(a, TRAIN, 4, 4, 0, True, epochs=4).n_chunks(1)
     for rank in range(2):
         part = epoch_of(shared, 3, rank, 2)
         for k, v in part.items():
