@@ -64,6 +64,28 @@ def build(cfg, spec: ObsSpec, action_dim: int) -> torch.nn.Module:
     return build_student(kind, spec, {**block, "action_dim": action_dim})
 
 
+def burn_in_steps(cfg, model: torch.nn.Module) -> int:
+    """The no_grad steps before each window: ``bc.burn_in`` for a recurrent student with
+    ``bc.memory_start=burn_in``; 0 for the MLP and with carry (the memory comes from the previous chunk)."""
+    recurrent = getattr(model, "is_recurrent", True)
+    return int(cfg.bc.burn_in) if recurrent and str(cfg.bc.memory_start) != "carry" else 0
+
+
+def data_module(cfg, path, spec: ObsSpec, burn_in: int) -> BCDataModule:
+    """The data module of ``cfg.bc`` (not yet set up): what stage=bc and bench/bc_throughput.py train on."""
+    b = cfg.bc
+    return BCDataModule(str(path), spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
+                        float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
+                        None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs))
+
+
+def bc_module(cfg, model: torch.nn.Module, burn_in: int) -> BCModule:
+    """The LightningModule of ``cfg.bc`` around ``model``: what stage=bc and bench/bc_throughput.py train."""
+    b = cfg.bc
+    return BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
+                    int(cfg.seed), memory_start=str(b.memory_start))
+
+
 def _check_resume(ckpt_path: Path, model: torch.nn.Module) -> None:
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # Lightning's own file (our run's)
     theirs = state.get("student_config")
@@ -111,26 +133,22 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     action_dim = int(store.array("data/action").shape[1])
     model = build(cfg, full_spec, action_dim)
-    recurrent = getattr(model, "is_recurrent", True)
     carry = str(b.memory_start) == "carry"  # the memory comes from the previous chunk: no burn-in, no stride
-    burn_in = int(b.burn_in) if recurrent and not carry else 0
+    burn_in = burn_in_steps(cfg, model)
     if model.kind == "transformer" and not carry:  # carry: a chunk may end mid-block (the memory holds it)
         K = model.cfg.block
         if int(b.window_stride) % K or burn_in % K:
             raise ConfigError(f"bc.window_stride={b.window_stride} and bc.burn_in={burn_in} must be multiples of the "
                               f"transformer's block bc.transformer.block={K} (memory blocks count from the episode's "
                               f"start)")
-    dm = BCDataModule(str(data_path), full_spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
-                      float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
-                      None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs))
+    dm = data_module(cfg, data_path, full_spec, burn_in)
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
     if resume:
         _check_resume(last_ckpt, model)
 
-    module = BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
-                      int(cfg.seed), memory_start=str(b.memory_start))
+    module = bc_module(cfg, model, burn_in)
     n_eval = int(b.eval_episodes)
     selection = ClosedLoopSelection(lambda: make_env({**env_cfg, "num_envs": min(n_eval, 32)}), int(b.eval_every),
                                     n_eval, int(cfg.seed))

@@ -2,8 +2,11 @@
 the same model, the MLP and LSTM students, and the data loader alone.
 
 Data: a real PickLoose-v1 store from the scripted expert (collected into a temp dir through
-``pipeline.py stage=collect``, a few seconds), or ``--dataset PATH``; windows from the real
-``BCDataModule`` with the bc defaults (configs/bc/default.yaml: window 32, burn-in 32, batch 64).
+``pipeline.py stage=collect``, a few seconds), or ``--dataset PATH``; batches from the real
+``BCDataModule``, built by stage=bc's own ``bc.stage.data_module`` / ``bc_module``. The base
+configuration is pinned (``BASE``: memory_start=burn_in, window 32, burn-in 32, stride 8, batch 64,
+no obs_skip: the bc defaults when the first results were recorded), so the rows keep their meaning
+when configs/bc/default.yaml changes; ``CARRY`` pins what stage=bc trains by default now.
 
 One training step of every model contender = ``BCModule.loss`` (burn-in under no_grad, then the
 window) + backward + gradient clipping (the Trainer's ``bc.grad_clip``) + an AdamW step, on a fixed
@@ -16,6 +19,13 @@ baseline:  the same model and weights, ``PerStepLoop``: every step of the burn-i
            ours on the same batch (asserted before timing);
 mlp, lstm: the baseline students with the bc defaults (the MLP's items carry no burn-in, as in stage=bc);
 loader:    batches from the train DataLoader (``bc.num_workers``, default 0) and nothing else.
+carry16:   what stage=bc trains by default (``CARRY``: memory_start=carry, 16 streams, window 32,
+           obs_skip): the transformer on the chunks of its real carry DataLoader, one whole training
+           epoch (chunks 0, 1, ... of epoch 0) per round, in order, the module's carry reset at the
+           epoch's start as Lightning's epoch does (``BCModule.on_train_batch_start``), so every chunk
+           starts from the memory the previous one really ended with and each round's rate includes
+           the epoch's real padding (the streams' ragged ends); its "windows" are stream chunks;
+carry64:   the same with 64 streams.
 Extra rows: the transformer at batch 256 (four pool batches concatenated), with block 16 and 4, and
 with a burn-in of 8 steps (each its own data module; block 16 is timed on the default stride-8
 windows, which stage=bc would refuse for it: the cost per window is the same).
@@ -27,7 +37,8 @@ rounds, so load from other jobs on a shared machine hits them all alike.
     python bench/bc_throughput.py [--threads 2] [--rounds 6] [--dataset PATH] [--profile]
 
 Prints a table and, as its last line, one JSON object: ``ours``, ``baseline`` (samples/s), ``ratio``
-(ours / baseline), ``mlp``, ``lstm``, ``loader``, ``loader_over_ours`` (target >= 5:
+(ours / baseline), ``mlp``, ``lstm``, ``loader``, ``carry16``, ``carry64`` (and under ``carry``: their
+samples/s, ratio to ours and padding share), ``loader_over_ours`` (target >= 5:
 ``loader_target_met``), ``loader_over_fastest_model``; also written to bench/results/bc_throughput.json.
 """
 
@@ -56,12 +67,19 @@ from torch.distributions import Normal
 import pipeline
 from bc.data import BCDataModule
 from bc.module import BCModule
-from bc.stage import build
+from bc.stage import bc_module, build, burn_in_steps, data_module
 from datasets.store import EpisodeStore
 from envs.base import ObsSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bc_throughput.json"
+# The configuration the base rows (ours, baseline, mlp, lstm, loader, knobs) were recorded with, pinned:
+# the bc defaults of 2026-12-01 (bench/results/bc_throughput_2026-12-01a.json). Knobs change one of them.
+BASE = ["bc.memory_start=burn_in", "bc.batch_size=64", "bc.burn_in=32", "bc.window=32", "bc.window_stride=8",
+        "bc.transformer.obs_skip=false"]
+# What stage=bc trains by default now (configs/bc/default.yaml; the test keeps them equal): truncated BPTT.
+CARRY = ["bc.memory_start=carry", "bc.batch_size=16", "bc.window=32", "bc.transformer.obs_skip=true"]
+CARRIES = {"carry16": CARRY, "carry64": [*CARRY, "bc.batch_size=64"]}
 # Extra rows: the transformer with one setting changed (what speeds training up on few cores?).
 KNOBS = {"ours_block16": ["bc.transformer.block=16"], "ours_block4": ["bc.transformer.block=4"],
          "ours_burn_in8": ["bc.burn_in=8"]}
@@ -102,22 +120,19 @@ def bc_config(*overrides: str):
         return compose(config_name="config", overrides=["env=pick_loose", "logger.mode=disabled", *overrides])
 
 
-def make_module(path: Path, kind: str, *overrides: str) -> tuple[BCModule, BCDataModule]:
-    """A student and its data module as stage=bc builds them (bc defaults + ``overrides``)."""
-    cfg = bc_config(f"bc.model={kind}", *overrides)
-    b = cfg.bc
+def make_module(path: Path, kind: str, *overrides: str, base: list[str] = BASE) -> tuple[BCModule, BCDataModule]:
+    """A student and its data module as stage=bc builds them (bc.stage's own factories), from the bc
+    defaults + ``base`` (default ``BASE``) + ``overrides``."""
+    cfg = bc_config(f"bc.model={kind}", *base, *overrides)
     store = EpisodeStore.open(path)
     spec = ObsSpec.from_dict(store.attrs["obs_spec"])
     model = build(cfg, spec, int(store.array("data/action").shape[1]))
-    burn_in = int(b.burn_in) if getattr(model, "is_recurrent", True) else 0
-    dm = BCDataModule(str(path), spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
-                      float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers))
+    burn_in = burn_in_steps(cfg, model)
+    dm = data_module(cfg, path, spec, burn_in)
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
-    module = BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight),
-                      burn_in, int(cfg.seed))
-    return module, dm
+    return bc_module(cfg, model, burn_in), dm
 
 
 def per_step_module(module: BCModule) -> BCModule:
@@ -149,14 +164,19 @@ class Trainee:
     to ``grad_clip`` as the Trainer does (``bc.grad_clip``)."""
 
     def __init__(self, name: str, module: BCModule, batches: list[dict], grad_clip: float):
-        self.name, self.module, self.batches = name, module, itertools.cycle(batches)
-        self.grad_clip = grad_clip
+        self.name, self.module, self.batches = name, module, itertools.cycle(enumerate(batches))
+        self.grad_clip, self.pool_size = grad_clip, len(batches)
+        self.pool_shape = tuple(batches[0]["valid"].shape)  # (windows or streams, steps)
         self.opt = torch.optim.AdamW(module.parameters(), lr=module.lr, weight_decay=module.weight_decay)
         self.rates: list[tuple[float, float]] = []  # (samples/s, windows/s) per round
 
     def step(self) -> tuple[int, int]:
         """One optimizer step; returns (valid window steps, windows) it trained on."""
-        batch = next(self.batches)
+        i, batch = next(self.batches)
+        if self.module.carry:  # the pool is one epoch's chunks in order: its start is an epoch's start
+            assert self.module.burn_in == 0
+            if i == 0:
+                self.module.on_train_batch_start(batch, 0)  # as Lightning's epoch: the streams start from no memory
         self.opt.zero_grad(set_to_none=True)
         loss, info = self.module.loss(batch)
         loss.backward()
@@ -200,6 +220,15 @@ class LoaderOnly:
             windows += batch["valid"].shape[0]
         dt = time.perf_counter() - t0
         self.rates.append((samples / dt, windows / dt))
+
+
+def carry_epoch(dm: BCDataModule) -> list[dict]:
+    """Every chunk of training epoch 0 from ``dm``'s real carry DataLoader, in order (chunk c continues
+    chunk c-1 in every stream): the pool of a carry contender."""
+    assert dm.carry, "carry_epoch needs a data module with memory_start=carry"
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    return list(loader)
 
 
 def check_same_loss(module: BCModule, batch: dict, atol: float = 1e-4) -> dict:
@@ -268,19 +297,29 @@ def main() -> None:
             module, knob_dm = make_module(path, "transformer", *overrides)
             knob_loader = iter(knob_dm.train_dataloader())
             trainees.append(Trainee(name, module, [next(knob_loader) for _ in range(args.pool)], clip))
+        # carry: a round = one whole epoch of chunks (Trainee resets the carry at chunk 0), not a sample of
+        # steps: a pool of the first chunks would hold no padding (all streams are full at an epoch's start),
+        # and cycling a partial pool would carry the memory of its last chunk into its first
+        carries, padding = [], {}
+        for name, overrides in CARRIES.items():
+            module, carry_dm = make_module(path, "transformer", *overrides, base=[])
+            carries.append(Trainee(name, module, carry_epoch(carry_dm), clip))
+            padding[name] = carry_dm.train_set.padding_share(0)
+        n_knobs = len(trainees) - 4
+        trainees += carries
         data = LoaderOnly(dm, burn_in)
         store = EpisodeStore.open(path)
         info = {"episodes": store.committed_episodes, "steps": int(store.num_steps),
                 "train_windows": len(dm.train_set), "collected": args.dataset is None}
 
         for t in trainees:  # warm-up: allocator, autograd graph caches, AdamW state
-            t.run(1)
+            t.run(t.pool_size if t.module.carry else 1)  # carry: a whole epoch, so each round starts at chunk 0
             t.rates.clear()
         data.run(5)
         data.rates.clear()
         for _ in range(args.rounds):
             for t in trainees:
-                t.run(args.loop_steps if t.name == "baseline" else args.steps)
+                t.run(args.loop_steps if t.name == "baseline" else t.pool_size if t.module.carry else args.steps)
             data.run(args.loader_batches)
         top_ops = profile_top_ops(trainees[0]) if args.profile else None
 
@@ -296,6 +335,10 @@ def main() -> None:
     print(f"per-step loop == forward_sequence: loss diff {equal['abs_loss_diff']:.2e}, "
           f"max grad diff {equal['max_abs_grad_diff']:.2e}")
     print(f"real (non-padding) share of the computed burn-in + window steps: {real_share(pool, burn_in):.0%}")
+    for t in carries:
+        print(f"{t.name}: {t.pool_shape[0]} streams x {t.pool_size} chunks of {t.pool_shape[1]} steps (epoch 0), "
+              f"obs_skip {t.module.model.cfg.obs_skip}: {rate[t.name] / rate['ours']:.2f}x ours; "
+              f"padding {padding[t.name]:.0%} of its chunks' steps")
     if top_ops:
         print("top ops of ours' training step (self CPU time):\n" + top_ops)
     result = {
@@ -308,7 +351,11 @@ def main() -> None:
         "loader_target_met": rate["loader"] / rate["ours"] >= 5,
         "loader_over_fastest_model": rate["loader"] / fastest,
         "knobs": {t.name: {"samples_per_s": rate[t.name], "over_ours": rate[t.name] / rate["ours"]}
-                  for t in trainees[4:]},
+                  for t in trainees[4:4 + n_knobs]},
+        **{t.name: rate[t.name] for t in carries},
+        "carry": {t.name: {"overrides": CARRIES[t.name], "samples_per_s": rate[t.name],
+                           "over_ours": rate[t.name] / rate["ours"], "padding_share": padding[t.name],
+                           "chunks_per_epoch": t.pool_size} for t in carries},
         "computed_steps_real_share": real_share(pool, burn_in),
         "mlp_over_baseline": rate["mlp"] / rate["baseline"],
         "windows_per_s": windows, "samples_per_s": rate, "equality_check": equal,
