@@ -94,7 +94,8 @@ class MetricsWriter(L.Callback):
         self.samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples += int(batch["action"].shape[0]) * trainer.world_size
+        # samples = the steps in the loss (padding and burn-in out): windows or carry's streams alike
+        self.samples += int(batch["valid"][:, pl_module.burn_in:].sum()) * trainer.world_size
         step = trainer.global_step
         if not trainer.is_global_zero:
             return

@@ -23,7 +23,7 @@ PANELS = [
     (("train_action_spread", "train_std_mean"), "action spread (batch std of the mean) / policy std"),
     ("grad_l2", "gradient L2 norm (before clipping)"),
     ("lr", "learning rate"),
-    ("samples_per_s", "training windows / s"),
+    ("samples_per_s", "training samples (steps in the loss) / s, evaluations included"),
 ]
 
 
