@@ -28,9 +28,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-PERTURBED = ["eval.perturbations.drop_rate=0.01", "eval.perturbations.push_rate=0.003",
-             "eval.perturbations.noise_rate=0.005"]  # configs/collect/default.yaml's rates
+# the collection's injected failures (configs/collect/default.yaml), read there so the two cannot drift apart
+PERTURBED = [f"eval.perturbations.{k}={v}" for k, v in
+             yaml.safe_load((ROOT / "configs" / "collect" / "default.yaml").read_text())["perturbations"].items()]
 
 
 def pipeline(args: list[str], log: Path, threads: int | None) -> int:
