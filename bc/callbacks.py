@@ -93,6 +93,12 @@ class MetricsWriter(L.Callback):
         self.t0 = time.perf_counter()
         self.samples = 0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # BCModule logs (and measures the gradients) only on the steps it expects to be written
+        if getattr(pl_module, "log_every", self.every) != self.every:
+            raise ValueError(f"MetricsWriter writes every {self.every} steps, the module logs every "
+                             f"{pl_module.log_every}")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # samples = the steps in the loss (padding and burn-in out): windows or carry's streams alike
         self.samples += int(batch["valid"][:, pl_module.burn_in:].sum()) * trainer.world_size

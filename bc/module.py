@@ -30,12 +30,13 @@ from rl.student.head import bc_loss
 class BCModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int,
                  mse_weight: float, burn_in: int, seed: int, min_lr_ratio: float = 0.1,
-                 memory_start: str = "burn_in"):
+                 memory_start: str = "burn_in", log_every: int = 1):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.mse_weight, self.burn_in, self.seed = mse_weight, burn_in, seed
         self.min_lr_ratio = min_lr_ratio
+        self.log_every = max(int(log_every), 1)  # the steps whose numbers MetricsWriter writes (bc.log_every)
         self.carry = memory_start == "carry"
         if self.carry and burn_in:
             raise ValueError("memory_start='carry' takes no burn-in (the memory comes from the previous chunk)")
@@ -56,9 +57,10 @@ class BCModule(L.LightningModule):
             memory = memory.detach() if memory is not None else None
         return {k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory
 
-    def loss(self, batch: dict, loop: str = "train") -> tuple[torch.Tensor, dict]:
+    def loss(self, batch: dict, loop: str = "train", spread: bool = True) -> tuple[torch.Tensor, dict]:
         """The loss of a batch; with carry, ``loop``'s memory goes in and the memory after the chunk is
-        kept, detached, for its next chunk (gradients stay inside a chunk)."""
+        kept, detached, for its next chunk (gradients stay inside a chunk). ``spread``: also the batch
+        std of the mean action (a masked gather and a host sync: only on steps that are logged)."""
         B = self.burn_in
         memory0 = self._carry.get(loop) if self.carry else None
         dist, memory = self.model.forward_sequence(*self.window_inputs(batch, memory0))
@@ -68,8 +70,14 @@ class BCModule(L.LightningModule):
         loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
         valid = batch["valid"][:, B:]
         info["n"] = valid.sum().to(loss.dtype)
-        info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
+        if spread:
+            info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
         return loss, info
+
+    def log_due(self) -> bool:
+        """Whether the optimizer step under way is one whose numbers are written: MetricsWriter writes
+        after step s when s % log_every == 0, and the hooks before it see global_step = s - 1."""
+        return (self.trainer.global_step + 1) % self.log_every == 0
 
     def diagnostics(self, batch: dict) -> dict[str, float]:
         """The model's internals (rl/student/diagnostics.py) on a training batch's windows, measured on
@@ -97,26 +105,35 @@ class BCModule(L.LightningModule):
         self._carry.pop("val", None)  # carry: the validation streams start from no memory, each loop
 
     def training_step(self, batch, batch_idx):
-        loss, info = self.loss(batch)
+        due = self.log_due()
+        loss, info = self.loss(batch, spread=due)
         world = self.trainer.world_size
         if world > 1:  # weight by the global count of valid steps: DDP's mean of gradients = one process's
             n = info.pop("n")
             loss = loss * n * world / self.all_gather(n).sum().clamp_min(1.0)
         info.pop("n", None)
-        self.log("train_loss", loss, prog_bar=True, sync_dist=True, on_step=True, on_epoch=False)
-        for k, v in info.items():
-            self.log(f"train_{k}", v, sync_dist=True, on_step=True, on_epoch=False)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # Logged only on the steps MetricsWriter writes (the bar's loss moves every log_every steps): each
+        # self.log is ~0.4 ms of Lightning bookkeeping (6 a step: ~2-3% of a 1-thread CPU step), and
+        # sync_dist is an all-reduce per metric under DDP, so it is asked for only with more than one process.
+        if due:
+            sync = world > 1
+            self.log("train_loss", loss, prog_bar=True, sync_dist=sync, on_step=True, on_epoch=False)
+            for k, v in info.items():
+                self.log(f"train_{k}", v, sync_dist=sync, on_step=True, on_epoch=False)
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, info = self.loss(batch, "val")
+        loss, info = self.loss(batch, "val", spread=False)  # validation logs no spread
         n = float(info.pop("n"))
         self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=max(int(n), 1))
         self.log("val_mse", info["mse"], sync_dist=True, batch_size=max(int(n), 1))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # gradient norms before clipping (Lightning clips after this hook), per top-level part
+        # gradient norms before clipping (Lightning clips after this hook), per top-level part; only on
+        # the steps MetricsWriter writes them (a norm and a host sync per parameter tensor)
+        if not self.log_due():
+            return
         groups: dict[str, list[torch.Tensor]] = {}
         for name, p in self.model.named_parameters():
             if p.grad is not None:

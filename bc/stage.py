@@ -83,7 +83,7 @@ def bc_module(cfg, model: torch.nn.Module, burn_in: int) -> BCModule:
     """The LightningModule of ``cfg.bc`` around ``model``: what stage=bc and bench/bc_throughput.py train."""
     b = cfg.bc
     return BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
-                    int(cfg.seed), memory_start=str(b.memory_start))
+                    int(cfg.seed), memory_start=str(b.memory_start), log_every=int(b.log_every))
 
 
 def _check_resume(ckpt_path: Path, model: torch.nn.Module) -> None:

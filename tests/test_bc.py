@@ -257,6 +257,23 @@ def test_exact_resume_equals_the_uninterrupted_run(tmp_path, dataset):
     assert a["selected"]["epoch"] == b["selected"]["epoch"]
 
 
+def test_rows_every_log_every_steps_equal_those_of_a_run_logging_every_step(tmp_path, dataset):
+    """BCModule logs (and measures the gradients) only on the steps MetricsWriter writes: the rows of
+    bc.log_every=3 are those of bc.log_every=1 at the same steps, every key and value (same training)."""
+    from bc.stage import run
+    rows = {}
+    for every in (1, 3):
+        run(make_cfg(tmp_path / str(every), f"bc.dataset={dataset}", "bc.epochs=2", "bc.eval_every=0",
+                     "bc.batch_size=4", "bc.diag_every=0", f"bc.log_every={every}"))
+        lines = (tmp_path / str(every) / "metrics.jsonl").read_text().splitlines()
+        rows[every] = {r["iteration"]: r for r in map(json.loads, lines) if "train_loss" in r}
+    assert len(rows[3]) >= 3 and sorted(rows[3]) == [s for s in sorted(rows[1]) if s % 3 == 0]
+    for step, row in rows[3].items():
+        same = {k: v for k, v in row.items() if k not in ("time", "samples_per_s")}
+        assert same == {k: rows[1][step][k] for k in same} and set(row) == set(rows[1][step]), step
+        assert {"train_loss", "train_action_spread", "lr", "grad_l2"} <= set(row)
+
+
 def _pipeline(*args):
     return subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
