@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl.networks import MLPActorCritic, MLPPolicyConfig
-from rl.ppo import NonFiniteError, PPOConfig, adapt_learning_rate
+from rl.ppo import NonFiniteError, PPOConfig, adapt_learning_rate, gaussian_kl
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.storage import gae
 from tests.toy_env import PointReach
@@ -135,6 +135,41 @@ def test_ppo_learns_point_reach_within_seconds():
             first = stats["success_rate"]
     assert first < 0.6
     assert stats["success_rate"] > 0.9
+
+
+def test_normaliser_learns_each_rollout_after_its_update_as_rsl_rl_5():
+    """When the observation normaliser sees which samples (rsl-rl-lib 5.5.1's order, and what
+    bench/ppo_vs_rsl_rl.py measured against): rollout k is sampled and its update run with the
+    statistics of rollouts 1..k-1 (so every update's first minibatch has ratio exactly 1 and KL 0),
+    and the rollout's own observations (those acted on, not the final observations of finished
+    episodes) are merged after its update."""
+    T, N = 4, 16
+    policy = tiny_policy()
+    runner = OnPolicyRunner(PointReach(num_envs=N, horizon=5, seed=0), policy, PPOConfig(),
+                            RunnerConfig(num_steps_per_env=T, random_initial_lengths=False))
+    seen: list[torch.Tensor] = []  # every rollout's stored observations, (T * N, 2)
+    at_update: list[tuple[float, torch.Tensor]] = []  # normaliser (count, mean) when each update starts
+    first_kl: list[float] = []
+    update = runner.ppo.update
+
+    def spy(storage, update_actor=True):
+        seen.append(storage.obs["privileged"].reshape(T * N, 2).clone())
+        at_update.append((float(policy.actor_norm.count), policy.actor_norm.mean.clone()))
+        batch = next(storage.minibatches(1, 1))
+        with torch.no_grad():
+            dist, _ = policy.evaluate(batch["obs"])
+        first_kl.append(float(gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).max()))
+        return update(storage, update_actor)
+
+    runner.ppo.update = spy
+    runner.learn(num_iterations=3, progress=False)
+    assert [c for c, _ in at_update] == [0.0, T * N, 2 * T * N]
+    assert torch.allclose(at_update[2][1], torch.cat(seen[:2]).mean(0), atol=1e-6)
+    assert float(policy.actor_norm.count) == 3 * T * N
+    everything = torch.cat(seen)
+    assert torch.allclose(policy.actor_norm.mean, everything.mean(0), atol=1e-6)
+    assert torch.allclose(policy.actor_norm.var, everything.var(0, unbiased=False), atol=1e-5)
+    assert max(first_kl) < 1e-10
 
 
 def _metrics_without_timing(m):
