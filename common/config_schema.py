@@ -276,6 +276,7 @@ class PipelineSchema:
     stage: str = spec(choices=(*STAGE_ORDER, "all"))
     seed: int = spec(ge=0)
     overwrite: bool = MISSING
+    threads: int = spec(ge=0)
     run_dir: str = MISSING
     preset_name: str = MISSING  # set by the preset group (configs/preset/*.yaml, package _global_)
     env: EnvSchema = MISSING

@@ -129,3 +129,18 @@ def test_stages_read_the_schema_backed_config_as_before():
     assert OmegaConf.to_container(cfg.collect.perturbations) == {"drop_rate": 0.01, "push_rate": 0.003,
                                                                 "noise_rate": 0.005}
     assert cfg.get("teacher").get("sort_cubes") is True and cfg.teacher.kind == "ppo"
+
+
+def test_threads_sets_torchs_intra_op_threads_and_zero_keeps_the_default():
+    import torch
+
+    from pipeline import set_threads
+
+    default = torch.get_num_threads()
+    try:
+        set_threads(0)
+        assert torch.get_num_threads() == default
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(default)
