@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import ppo_vs_rsl_rl as bench  # noqa: E402
 import torch  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 
-import ppo_vs_rsl_rl as bench  # noqa: E402
 from rl import networks, normalizer, storage  # noqa: E402
 
 VARIANTS = ("norm", "perm", "vst", "scalarstd", "bounds")
