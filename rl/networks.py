@@ -4,7 +4,9 @@ The interface (the MLP here; the history transformer later, with real memory):
   ``initial_memory(n) -> memory``                     recurrent state for n envs (None for an MLP)
   ``act(obs, memory) -> (Normal, memory)``            one step; obs is a dict of observation groups
   ``value(obs, memory) -> (N,)``                      the critic
-  ``evaluate(obs_seq, memory0) -> (Normal, values)``  a stored rollout, (T, N, ...) leading dims
+  ``evaluate(obs_seq, memory0, starts) -> (Normal, values)``  a stored rollout: flat (B, ...) for an
+                                                      MLP; (B, L, ...) sequences with the memory before
+                                                      each and starts (B, L) for a recurrent policy
   ``reset_memory(memory, done) -> memory``            zero the memory of finished envs
 Parameters whose names start with ``critic`` are the critic's: PPO clips their gradient norm apart
 from the actor's.
@@ -141,5 +143,5 @@ class MLPActorCritic(nn.Module):
     def value(self, obs: dict, memory=None) -> torch.Tensor:
         return self.critic(self._critic_norm()(self._critic_input(obs))).squeeze(-1)
 
-    def evaluate(self, obs_seq: dict, memory0=None):
+    def evaluate(self, obs_seq: dict, memory0=None, starts=None):
         return self.distribution(obs_seq), self.value(obs_seq)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rl.networks import split_parameters
+from rl.recurrent_storage import RecurrentRolloutStorage
 from rl.storage import RolloutStorage
 
 
@@ -101,9 +102,26 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def update(self, storage: RolloutStorage, update_actor: bool = True) -> dict:
+    def _minibatches(self, storage: RolloutStorage | RecurrentRolloutStorage):
+        """Flat minibatches (B, ...) of a ``RolloutStorage``, or for a recurrent policy minibatches of
+        sequences (B, L, ...) with the memory before each (``memory0``) and the episode ``starts``."""
+        cfg = self.cfg
+        if not hasattr(storage, "sequence_minibatches"):
+            if getattr(self.policy, "is_recurrent", False):
+                raise ValueError("a recurrent policy needs a RecurrentRolloutStorage (sequences with their memory)")
+            return storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator)
+        if self.demo_actions is not None and cfg.bc_coef > 0:
+            raise NotImplementedError("the imitation term (bc_coef with set_demonstrations) is MLP-only for now: "
+                                      "imitation on demonstrated sequences for a recurrent student comes in a "
+                                      "later slice")
+        return storage.sequence_minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator)
+
+    def update(self, storage: RolloutStorage | RecurrentRolloutStorage, update_actor: bool = True) -> dict:
         """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
-        pretrained actor: a fresh critic's advantages would otherwise wreck the actor first)."""
+        pretrained actor: a fresh critic's advantages would otherwise wreck the actor first).
+
+        The minibatches are flat (B,) steps, or (B, L) sequences for a recurrent policy: every loss below
+        is a mean over all their elements, so it reads the same either way."""
         cfg = self.cfg
         named = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
         # Statistics stay on the device as tensors and are fetched once per update: an .item() per
@@ -115,10 +133,11 @@ class PPO:
         has_grad = [False] * len(named)
         n_batches = 0
         adv_mean, adv_std = storage.advantages.mean(), storage.advantages.std() + 1e-8
-        for batch in storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
-            advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,), normalised over the whole rollout
-            dist, values = self.policy.evaluate(batch["obs"])
-            log_probs = dist.log_prob(batch["actions"]).sum(-1)  # (B,) of the raw actions
+        for batch in self._minibatches(storage):
+            advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,) or (B, L), normalised over the rollout
+            # a sequence batch also holds the memory before each sequence and the episode starts
+            dist, values = self.policy.evaluate(batch["obs"], batch.get("memory0"), batch.get("starts"))
+            log_probs = dist.log_prob(batch["actions"]).sum(-1)  # (B,) or (B, L) of the raw actions
             entropy = dist.entropy().sum(-1).mean()
 
             with torch.no_grad():
@@ -127,7 +146,7 @@ class PPO:
                 # the one host sync per minibatch that the schedule needs (as rsl_rl)
                 self.set_learning_rate(adapt_learning_rate(self.learning_rate, kl_t.item(), cfg))
 
-            ratio = torch.exp(log_probs - batch["log_probs"])  # (B,)
+            ratio = torch.exp(log_probs - batch["log_probs"])  # (B,) or (B, L)
             surrogate = -advantages * ratio
             surrogate_clipped = -advantages * torch.clamp(ratio, 1.0 - cfg.clip_param, 1.0 + cfg.clip_param)
             policy_loss = torch.max(surrogate, surrogate_clipped).mean()
