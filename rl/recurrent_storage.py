@@ -59,6 +59,16 @@ def index_memory(memory, idx: torch.Tensor, dims: dict[str, int] | None):
     return _rebuild(memory, lambda name, x, d: x.index_select(d, idx.to(x.device)), dims)
 
 
+def memory_state(memory) -> dict[str, torch.Tensor] | None:
+    """A memory as a plain dict of tensors (None stays None): what ``torch.load(weights_only=True)`` reads."""
+    return None if memory is None else {f.name: getattr(memory, f.name).clone() for f in dataclasses.fields(memory)}
+
+
+def memory_from_state(policy, state: dict[str, torch.Tensor] | None):
+    """``memory_state``'s dict back as the policy's memory dataclass."""
+    return None if state is None else type(policy.initial_memory(1))(**state)
+
+
 class RecurrentRolloutStorage:
     def __init__(self, num_steps: int, num_envs: int, obs_dims: dict[str, int], action_dim: int, seq_len: int,
                  memory_dims: dict[str, int] | None = None, device: str | torch.device = "cpu"):
@@ -170,24 +180,32 @@ class RolloutCarry:
     prev_action: torch.Tensor | None = None
 
 
-def _reads_prev_action(policy) -> bool:
-    return getattr(getattr(policy, "cfg", None), "prev_action", "off") != "off"
+def student_cfg(policy):
+    """The student's config, also through a wrapper that holds it as ``.student`` (StudentActorCritic)."""
+    return getattr(getattr(policy, "student", policy), "cfg", None)
+
+
+def reads_prev_action(policy) -> bool:
+    return getattr(student_cfg(policy), "prev_action", "off") != "off"
 
 
 @torch.no_grad()
 def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: RolloutCarry,
-                    generator: torch.Generator, value_fn: Callable | None = None, gamma: float = 0.99
-                    ) -> RolloutCarry:
+                    generator: torch.Generator, value_fn: Callable | None = None, gamma: float = 0.99,
+                    on_step: Callable | None = None) -> RolloutCarry:
     """Fill ``storage`` with T steps: act with ``policy.act(obs, memory)``, sample raw actions (never
     clipped: the env clips its copy), step, reset the memory of finished envs. ``value_fn(obs, memory)
     -> (N,)`` gives the stored values and V(final_obs) for time-outs (folded into the reward as
-    ``RolloutStorage`` expects); without it values are 0. Returns the carry for the next rollout."""
+    ``RolloutStorage`` expects); without it values are 0. ``on_step(t, next_obs, rewards, dones, extras)``,
+    called right after each env step (the runner's episode records and reward check), may return the
+    next obs to act from instead (envs it set to other states), or None. Returns the carry for the next
+    rollout."""
     obs, memory, prev = carry.obs, carry.memory, carry.prev_action
     N = storage.N
     if memory is None:
         memory = policy.initial_memory(N)
-    if _reads_prev_action(policy) and prev is None:
-        prev = torch.zeros(N, policy.cfg.action_dim)
+    if reads_prev_action(policy) and prev is None:
+        prev = torch.zeros(N, student_cfg(policy).action_dim)
     for t in range(storage.T):
         inputs = {**obs, "prev_action": prev} if prev is not None else obs
         storage.add_memory(t, memory)
@@ -196,6 +214,9 @@ def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: Rollou
         actions = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)  # (N, A) raw
         log_probs = dist.log_prob(actions).sum(-1)  # (N,)
         next_obs, rewards, dones, extras = env.step(actions)
+        if on_step is not None:
+            replaced = on_step(t, next_obs, rewards, dones, extras)
+            next_obs = next_obs if replaced is None else replaced
         rewards = rewards.clone()
         time_outs = extras["time_outs"]
         if value_fn is not None and bool(time_outs.any()):

@@ -4,6 +4,11 @@ Reproducible and resumable: action noise and minibatch order come from the runne
 generators, the env's randomness is counter-based, and a checkpoint carries the generators, the
 optimizer, the normaliser and the full env state, so resuming at iteration k gives the same
 metrics after k as an uninterrupted run.
+
+A recurrent policy (a student, rl/student_actor_critic.py) is rolled out by
+``rl.recurrent_storage.collect_rollout`` into sequences of ``seq_len`` steps with the memory each starts
+from; the runner carries the memory and the previous action from rollout to rollout, and a checkpoint
+carries them too (with the storage's episode-start flags), so its resume is exact as well.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rl.ppo import PPO, NonFiniteError, PPOConfig
+from rl.recurrent_storage import (
+    RecurrentRolloutStorage,
+    RolloutCarry,
+    collect_rollout,
+    memory_env_dims,
+    memory_from_state,
+    memory_state,
+    reads_prev_action,
+    student_cfg,
+)
 from rl.storage import RolloutStorage
 
 
@@ -34,6 +49,7 @@ class RunnerConfig:
     # it by 1.5x per minibatch while the KL allows but lowers it only as fast: an imitating actor
     # started at 1e-3 moved by a KL of ~13 in its first update, which undid the imitation.
     actor_start_learning_rate: float | None = None
+    seq_len: int = 8  # recurrent policies: steps per stored sequence (num_steps_per_env must be a multiple)
 
 
 class OnPolicyRunner:
@@ -53,20 +69,74 @@ class OnPolicyRunner:
         self.action_gen = torch.Generator().manual_seed(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.ppo = PPO(policy, ppo_cfg, generator=self.batch_gen)
-        obs_dims = {g: policy.cfg.actor_dim if g == policy.cfg.actor_obs else policy.cfg.critic_dim
-                    for g in {policy.cfg.actor_obs, policy.cfg.critic_obs}}
-        self.storage = RolloutStorage(cfg.num_steps_per_env, env.num_envs, obs_dims, env.num_actions)
+        self.recurrent = bool(getattr(policy, "is_recurrent", False))
+        if self.recurrent:
+            # the student's group and the critic's (and the previous action when the student reads it)
+            obs_dims = {g: env.obs_spec.dim(g) for g in (student_cfg(policy).group, policy.critic_obs)}
+            if reads_prev_action(policy):
+                obs_dims["prev_action"] = env.num_actions
+            self.storage = RecurrentRolloutStorage(cfg.num_steps_per_env, env.num_envs, obs_dims, env.num_actions,
+                                                   cfg.seq_len, memory_env_dims(policy))
+        else:
+            obs_dims = {g: policy.cfg.actor_dim if g == policy.cfg.actor_obs else policy.cfg.critic_dim
+                        for g in {policy.cfg.actor_obs, policy.cfg.critic_obs}}
+            self.storage = RolloutStorage(cfg.num_steps_per_env, env.num_envs, obs_dims, env.num_actions)
         self.iteration = 0
         self.episodes: deque = deque(maxlen=cfg.episode_window)
         self.obs = None
+        self.memory = self.prev_action = None  # recurrent: the carry between rollouts (None: fresh)
 
     # ------------------------------------------------------------------ rollout
     def _sample(self, dist) -> torch.Tensor:
         noise = torch.randn(dist.mean.shape, generator=self.action_gen)
         return dist.mean + dist.stddev * noise  # raw: never clipped here
 
+    def _check_rewards(self, step: int, rewards: torch.Tensor) -> None:
+        if not torch.isfinite(rewards).all():
+            bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()
+            raise NonFiniteError(f"non-finite reward from envs {bad} at iteration {self.iteration}, step {step}; "
+                                 f"no checkpoint written")
+
+    def _episodes_ended(self, next_obs: dict, dones, extras) -> dict:
+        """Record finished episodes and let ``on_reset`` set the fresh envs: the obs to act from next."""
+        if dones.any():
+            ids = torch.nonzero(dones).flatten()
+            ep = extras["episode"]
+            for i in ids.tolist():
+                self.episodes.append((float(ep["return"][i]), float(ep["length"][i]), bool(extras["success"][i])))
+            if self.on_reset is not None and self.on_reset(self.env, ids, extras["success"][ids]):
+                fresh = self.env.get_observations()
+                next_obs = {k: v.clone() for k, v in next_obs.items()}
+                for k in next_obs:
+                    next_obs[k][ids] = fresh[k][ids]
+        return next_obs
+
+    def _after_step(self, step: int, next_obs: dict, rewards, dones, extras) -> dict:
+        self._check_rewards(step, rewards)
+        return self._episodes_ended(next_obs, dones, extras)
+
     @torch.no_grad()
     def collect_rollout(self) -> dict:
+        if self.recurrent:
+            self._collect_recurrent()
+        else:
+            self._collect_mlp()
+        storage, policy = self.storage, self.policy
+        actions = storage.actions.reshape(-1, storage.actions.shape[-1])
+        return {"action_std": actions.std(0).mean().item(),
+                "action_mean_spread": storage.means.reshape(actions.shape).std(0).mean().item(),
+                "policy_std": policy.log_std.exp().mean().item(),
+                "actions_outside_bounds": (actions.abs() > 1.0).float().mean().item()}
+
+    def _collect_recurrent(self) -> None:
+        gamma = self.ppo.cfg.gamma
+        carry = RolloutCarry(self.obs, self.memory, self.prev_action)
+        carry = collect_rollout(self.env, self.policy, self.storage, carry, self.action_gen, value_fn=self.policy.value,
+                                gamma=gamma, on_step=self._after_step)
+        self.obs, self.memory, self.prev_action = carry.obs, carry.memory, carry.prev_action
+        self.storage.compute_returns(self.policy.value(carry.obs, carry.memory), gamma, self.ppo.cfg.lam)
+
+    def _collect_mlp(self) -> None:
         env, policy, storage, gamma = self.env, self.policy, self.storage, self.ppo.cfg.gamma
         obs = self.obs
         for step in range(self.cfg.num_steps_per_env):
@@ -75,10 +145,7 @@ class OnPolicyRunner:
             values = policy.value(obs)  # (N,)
             log_probs = dist.log_prob(actions).sum(-1)
             next_obs, rewards, dones, extras = env.step(actions)
-            if not torch.isfinite(rewards).all():
-                bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()
-                raise NonFiniteError(f"non-finite reward from envs {bad} at iteration {self.iteration}, step {step}; "
-                                     f"no checkpoint written")
+            self._check_rewards(step, rewards)
             rewards = rewards.clone()
             time_outs = extras["time_outs"]
             if time_outs.any():
@@ -87,24 +154,9 @@ class OnPolicyRunner:
                 final_values = policy.value(extras["final_obs"])
                 rewards[time_outs] += gamma * final_values[time_outs]
             storage.add(obs, actions, rewards, dones, values, log_probs, dist.mean, dist.stddev)
-            if dones.any():
-                ids = torch.nonzero(dones).flatten()
-                ep = extras["episode"]
-                for i in ids.tolist():
-                    self.episodes.append((float(ep["return"][i]), float(ep["length"][i]), bool(extras["success"][i])))
-                if self.on_reset is not None and self.on_reset(env, ids, extras["success"][ids]):
-                    fresh = env.get_observations()
-                    next_obs = {k: v.clone() for k, v in next_obs.items()}
-                    for k in next_obs:
-                        next_obs[k][ids] = fresh[k][ids]
-            obs = next_obs
+            obs = self._episodes_ended(next_obs, dones, extras)
         self.obs = obs
         storage.compute_returns(policy.value(obs), gamma, self.ppo.cfg.lam)
-        actions = storage.actions.reshape(-1, storage.actions.shape[-1])
-        return {"action_std": actions.std(0).mean().item(),
-                "action_mean_spread": storage.means.reshape(actions.shape).std(0).mean().item(),
-                "policy_std": policy.log_std.exp().mean().item(),
-                "actions_outside_bounds": (actions.abs() > 1.0).float().mean().item()}
 
     # ------------------------------------------------------------------ loop
     def learn(self, num_iterations: int | None = None, checkpoint_path: Path | None = None,
@@ -183,6 +235,9 @@ class OnPolicyRunner:
             "env_state": self.env.get_state(),
             "on_reset": self.on_reset.state_dict() if hasattr(self.on_reset, "state_dict") else None,
             "selector": self.selector.state_dict() if self.selector is not None else None,
+            # recurrent: the carry between rollouts, as plain tensors (weights_only loads it)
+            **({"recurrent": {"memory": memory_state(self.memory), "prev_action": self.prev_action,
+                              "prev_done": self.storage.prev_done.clone()}} if self.recurrent else {}),
         }
 
     def save(self, path: Path) -> None:
@@ -208,3 +263,8 @@ class OnPolicyRunner:
         # episodes that start after the resume are the ones the uninterrupted run would have drawn.
         self.env.set_state(torch.arange(self.env.num_envs), ckpt["env_state"])
         self.obs = self.env.get_observations()
+        if self.recurrent:
+            carry = ckpt["recurrent"]
+            self.memory = memory_from_state(self.policy, carry["memory"])
+            self.prev_action = carry["prev_action"]
+            self.storage.prev_done = carry["prev_done"].clone()
