@@ -103,9 +103,22 @@ def _quiet_duplicate_logs() -> None:
         logging.getLogger(name).propagate = False
 
 
+class _Killed(RuntimeError):
+    """Raised by _KillAtEpoch (tests): stands in for a kill."""
+
+
+class _KillAtEpoch(L.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise _Killed(f"interrupted at the start of epoch {self.epoch}")
+
+
 def run(cfg, _stop_after_epochs: int | None = None) -> dict:
-    """``_stop_after_epochs`` (tests only): end after that many epochs as a killed run would, with
-    Lightning's checkpoint written and no student.pt."""
+    """``_stop_after_epochs`` (tests only): the run is interrupted (an exception, as a kill) at the start
+    of that epoch, with only what the epoch-end checkpoints wrote, and no student.pt."""
     _quiet_duplicate_logs()
     b = cfg.bc
     # DDP's launcher re-runs the command line in each other process: a default run_dir (the time) would differ
@@ -156,7 +169,9 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     if strategy.startswith("ddp") and str(b.accelerator) == "cpu":
         from lightning.pytorch.strategies import DDPStrategy
         strategy = DDPStrategy(process_group_backend="gloo", start_method="spawn" if "spawn" in strategy else "popen")
-    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+    # save_top_k=1 (the latest epoch, no monitor) is what makes Lightning write last.ckpt at every epoch
+    # end: with save_top_k=0 it wrote last.ckpt only when fit ended, so a killed run lost every epoch
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=1,
                                                   save_on_train_epoch_end=True)
     is_zero = _is_rank_zero()
     logger = MetricsLogger(out_dir, "bc", cfg.logger.mode if is_zero else "disabled", cfg.logger.project,
@@ -164,16 +179,22 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     callbacks = [selection, MetricsWriter(logger, selection, int(b.log_every), int(b.diag_every)), ckpt_cb]
     if bool(b.progress):
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
-    epochs = int(b.epochs) if _stop_after_epochs is None else int(_stop_after_epochs)
-    trainer = L.Trainer(max_epochs=epochs, max_steps=int(b.max_steps) if b.max_steps is not None else -1,
+    if _stop_after_epochs is not None:
+        callbacks.append(_KillAtEpoch(int(_stop_after_epochs)))
+    trainer = L.Trainer(max_epochs=int(b.epochs), max_steps=int(b.max_steps) if b.max_steps is not None else -1,
                         accelerator=str(b.accelerator), devices=int(b.devices), strategy=strategy,
                         precision=str(b.precision), gradient_clip_val=float(b.grad_clip), callbacks=callbacks,
                         logger=False, enable_progress_bar=bool(b.progress), num_sanity_val_steps=0,
                         use_distributed_sampler=False, enable_model_summary=False, deterministic=False,
                         log_every_n_steps=1)
-    module.schedule_epochs = int(b.epochs)  # the LR schedule's length (also when a test stops the run early)
+    module.schedule_epochs = int(b.epochs)  # the LR schedule's length
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
+    except _Killed:
+        selection.close()
+        logger.close()
+        return {}
     wall = time.perf_counter() - t0
     selection.close()
     if _stop_after_epochs is not None or not trainer.is_global_zero:

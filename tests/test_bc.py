@@ -246,8 +246,10 @@ def test_exact_resume_equals_the_uninterrupted_run(tmp_path, dataset):
     from bc.stage import run
     common = [f"bc.dataset={dataset}", "bc.epochs=4", "bc.eval_every=2", "bc.transformer.prev_action=dropout"]
     run(make_cfg(tmp_path / "straight", *common))
-    run(make_cfg(tmp_path / "resumed", *common), _stop_after_epochs=2)
+    run(make_cfg(tmp_path / "resumed", *common), _stop_after_epochs=2)  # raises inside fit, as a kill
     assert not (tmp_path / "resumed" / "student.pt").exists()
+    last = tmp_path / "resumed" / "bc_ckpt" / "last.ckpt"  # written at each epoch end, not only when fit ends
+    assert last.exists() and torch.load(last, weights_only=False)["epoch"] == 1  # epochs 0 and 1 done
     run(make_cfg(tmp_path / "resumed", *common, "bc.resume=true"))
     a = torch.load(tmp_path / "straight" / "student.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "student.pt", weights_only=True)
