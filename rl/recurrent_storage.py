@@ -1,7 +1,7 @@
 """Rollout storage for recurrent policies (the students): T steps of N envs, cut into sequences of L steps.
 
 Like ``RolloutStorage`` (raw actions and their log-probs, time-outs already bootstrapped into the
-rewards, GAE from ``rl.storage.gae``), plus what a sequence model needs to recompute the rollout exactly:
+rewards, GAE: a subclass of it), plus what a sequence model needs to recompute the rollout exactly:
   * ``starts`` (T, N) bool: step t of env n begins an episode (t = 0 of a fresh episode: the step
     before was done, or this is the first rollout);
   * the memory the policy acted from at the first step of each sequence (t = 0, L, 2L, ...).
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from rl.storage import gae
+from rl.storage import RolloutStorage
 
 
 # ---- memories: None or a dataclass of tensors, each with an env dim ------------------------------
@@ -69,7 +69,7 @@ def memory_from_state(policy, state: dict[str, torch.Tensor] | None):
     return None if state is None else type(policy.initial_memory(1))(**state)
 
 
-class RecurrentRolloutStorage:
+class RecurrentRolloutStorage(RolloutStorage):
     def __init__(self, num_steps: int, num_envs: int, obs_dims: dict[str, int], action_dim: int, seq_len: int,
                  memory_dims: dict[str, int] | None = None, device: str | torch.device = "cpu"):
         """obs_dims: the groups to store (with ``prev_action`` when the student reads it); memory_dims:
@@ -78,23 +78,13 @@ class RecurrentRolloutStorage:
         if L < 1 or T % L:
             raise ValueError(f"num_steps ({T}) must be a multiple of seq_len ({L}): the rollout is cut into "
                              f"num_steps / seq_len sequences of seq_len steps per env")
-        self.T, self.N, self.L, self.J = T, N, L, T // L
+        super().__init__(T, N, obs_dims, action_dim, device)  # the same per-step buffers, raw actions
+        self.L, self.J = L, T // L
         self.memory_dims = memory_dims
-        self.obs = {k: torch.zeros(T, N, d, device=device) for k, d in obs_dims.items()}  # (T, N, D)
-        self.actions = torch.zeros(T, N, action_dim, device=device)  # (T, N, A) raw, as sampled
-        self.rewards = torch.zeros(T, N, device=device)
-        self.dones = torch.zeros(T, N, device=device)
         self.starts = torch.zeros(T, N, dtype=torch.bool, device=device)  # (T, N) an episode begins here
-        self.values = torch.zeros(T, N, device=device)
-        self.log_probs = torch.zeros(T, N, device=device)  # (T, N) of the raw actions, summed over A
-        self.means = torch.zeros(T, N, action_dim, device=device)
-        self.stds = torch.zeros(T, N, action_dim, device=device)
-        self.advantages = torch.zeros(T, N, device=device)
-        self.returns = torch.zeros(T, N, device=device)
         self.memories: list = [None] * self.J  # memory at t = j L, before acting (N rows each)
         self.has_memory = [False] * self.J  # add_memory called for sequence j (an MLP's memory is None)
         self.prev_done = torch.ones(N, dtype=torch.bool, device=device)  # the first rollout starts episodes
-        self.step = 0
 
     def add_memory(self, t: int, memory) -> None:
         """The memory the policy acts from at step t (after the previous step's resets; None for an MLP).
@@ -115,26 +105,17 @@ class RecurrentRolloutStorage:
 
     def add(self, obs: dict, actions, rewards, dones, values, log_probs, means, stds) -> None:
         t = self.step
-        if t >= self.T:
-            raise RuntimeError("rollout storage is full; call clear() after each update")
-        if t % self.L == 0 and not self.has_memory[t // self.L]:
+        if t < self.T and t % self.L == 0 and not self.has_memory[t // self.L]:
             raise RuntimeError(f"no memory stored for step {t}: call add_memory(t, memory) before add")
-        for k in self.obs:
-            self.obs[k][t] = obs[k]
-        self.actions[t], self.rewards[t], self.dones[t] = actions, rewards, dones.float()
-        self.values[t], self.log_probs[t], self.means[t], self.stds[t] = values, log_probs, means, stds
+        super().add(obs, actions, rewards, dones, values, log_probs, means, stds)
         self.starts[t] = self.prev_done
         self.prev_done = dones.bool().to(self.prev_done.device)
-        self.step += 1
 
     def clear(self) -> None:
         """Ready for the next rollout; ``prev_done`` carries over (its first step may start episodes)."""
-        self.step = 0
+        super().clear()
         self.memories = [None] * self.J
         self.has_memory = [False] * self.J
-
-    def compute_returns(self, last_values: torch.Tensor, gamma: float, lam: float) -> None:
-        self.advantages, self.returns = gae(self.rewards, self.values, self.dones, last_values, gamma, lam)
 
     def _sequences(self, x: torch.Tensor) -> torch.Tensor:
         """(T, N, ...) -> (J*N, L, ...), row j*N + n = env n's steps [j L, (j+1) L)."""
@@ -168,6 +149,11 @@ class RecurrentRolloutStorage:
                 batch["memory0"] = index_memory(memory, idx, self.memory_dims)
                 batch["indices"] = idx  # (B,) sequence ids j*N + n
                 yield batch
+
+
+def sample_raw(dist, generator: torch.Generator) -> torch.Tensor:
+    """A draw of ``dist`` from ``generator``: raw, never clipped (the env clips its own copy)."""
+    return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
 
 
 # ---- a rollout of a student ---------------------------------------------------------------------
@@ -211,7 +197,7 @@ def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: Rollou
         storage.add_memory(t, memory)
         values = value_fn(inputs, memory) if value_fn is not None else torch.zeros(N)
         dist, memory = policy.act(inputs, memory)
-        actions = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)  # (N, A) raw
+        actions = sample_raw(dist, generator)  # (N, A)
         log_probs = dist.log_prob(actions).sum(-1)  # (N,)
         next_obs, rewards, dones, extras = env.step(actions)
         if on_step is not None:

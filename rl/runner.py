@@ -31,6 +31,7 @@ from rl.recurrent_storage import (
     memory_from_state,
     memory_state,
     reads_prev_action,
+    sample_raw,
     student_cfg,
 )
 from rl.storage import RolloutStorage
@@ -88,8 +89,7 @@ class OnPolicyRunner:
 
     # ------------------------------------------------------------------ rollout
     def _sample(self, dist) -> torch.Tensor:
-        noise = torch.randn(dist.mean.shape, generator=self.action_gen)
-        return dist.mean + dist.stddev * noise  # raw: never clipped here
+        return sample_raw(dist, self.action_gen)
 
     def _check_rewards(self, step: int, rewards: torch.Tensor) -> None:
         if not torch.isfinite(rewards).all():
