@@ -253,8 +253,26 @@ class BCSchema:
 @dataclass
 class FinetuneSchema:
     init_ckpt: str | None = MISSING
+    dataset: str | None = MISSING
+    resume: bool = MISSING
     critic: str = spec(choices=("shared", "privileged"))
     advantage: str = spec(choices=("gae", "group"))
+    group_size: int = count()
+    num_envs: int = count()
+    steps_per_env: int = count()
+    seq_len: int = count()
+    iterations: int = count()
+    save_every: int = count()
+    critic_warmup_iterations: int = spec(ge=0)
+    actor_learning_rate: float = positive()
+    critic_hidden: list[int] = MISSING
+    demo_reset_prob: float = rate()
+    imitation_burn_in: int = spec(ge=0)
+    progress: bool = MISSING
+    ppo: PPOSchema = MISSING
+    select: SelectSchema = MISSING
+    eval_episodes: int = count()
+    train_perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 
 @dataclass

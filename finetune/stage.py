@@ -1,7 +1,204 @@
-"""``python pipeline.py stage=finetune``: arrives with the fine-tuning issue."""
+"""``python pipeline.py stage=finetune``: PPO fine-tuning of the behaviour-cloned student.
 
-from common.rundir import NotYetAvailable
+Input: ``finetune.init_ckpt`` (default ``<run_dir>/student.pt``, from stage=bc), on the task ``env=``
+names; the demonstrations (``finetune.dataset``, default the dataset the student was trained on) feed
+the imitation term and the demo-state resets.
+Output: ``finetuned.pt``, a student checkpoint (rl/student/checkpoint.py: ``stage=eval`` and
+collection read it like a ``student.pt``) whose ``state_dict`` holds the weights selected by
+deterministic closed-loop success and ``last_state_dict`` the last ones, plus a ``finetune`` record
+(start, selection history, settings); ``finetune_state.pt``, the runner's own checkpoint
+(``finetune.resume=true`` continues from it exactly); ``finetune_eval.json``/``.md``;
+``metrics.jsonl`` (stage ``finetune``) and ``plots/finetune_*.png``.
+
+How (DESIGN.md, "Fine-tuning"): the student is PPO's actor, the rollout stores sequences of
+``seq_len`` steps with the memory each starts from (rl/recurrent_storage.py), and the update
+recomputes them from that memory, so the first epoch of an unchanged student has ratio 1. A fresh
+critic first learns alone for ``critic_warmup_iterations`` on the frozen student's rollouts, then the
+student moves from ``actor_learning_rate`` under the adaptive KL schedule. The imitation term keeps
+the demonstrations' raw actions in every update (the teacher's lesson: PPO erodes an imitation start
+without it). The std stays the student's free log-std; actions are raw until the env clips them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from common.evaluate import (
+    device_note,
+    evaluate_policy,
+    evaluation_env_config,
+    evaluation_seed,
+    finetune_selection_seed,
+    format_table,
+)
+from common.metrics import MetricsLogger, dumps_json
+from common.policies import NetworkPolicy, check_obs_spec
+from common.rundir import code_version, output_path, run_dir
+from common.selection import BestCheckpoint
+from envs import env_config_with, make_env
+from envs.base import ConfigError
+from rl.ppo import PPOConfig
+from rl.runner import OnPolicyRunner, RunnerConfig
+from rl.student.checkpoint import load_student
+from rl.student_actor_critic import StudentActorCritic
+
+STATE_NAME = "finetune_state.pt"
 
 
 def run(cfg) -> dict:
-    raise NotYetAvailable("fine-tuning (stage=finetune) is still to come (the fine-tuning issue)")
+    f = cfg.finetune
+    out = run_dir(cfg)
+    init_path = Path(str(f.init_ckpt)).expanduser().resolve() if f.init_ckpt else out / "student.pt"
+    if not init_path.exists():
+        raise ConfigError(f"{init_path} does not exist; run stage=bc first with the same run_dir, or pass "
+                          f"finetune.init_ckpt=PATH to a student.pt")
+    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+    student, info = load_student(init_path, env_name=env_cfg["name"])  # another env's student: exit 2
+    state_path = out / STATE_NAME
+    resume = bool(f.resume) and state_path.exists()
+    final_path = out / "finetuned.pt" if resume else output_path(cfg, "finetuned.pt")
+    if not resume:
+        output_path(cfg, STATE_NAME)  # refuse to replace another run's state (overwrite=true replaces it)
+
+    env = make_env(env_config_with(cfg.env, f.train_perturbations, num_envs=int(f.num_envs)))
+    check_obs_spec(info, env, [student.cfg.group], init_path)
+    torch.manual_seed(int(cfg.seed))
+    policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden))
+    ppo_cfg = PPOConfig(**OmegaConf.to_container(f.ppo, resolve=True))
+    dataset = _dataset_path(f, info)
+    logger = MetricsLogger(out, "finetune", cfg.logger.mode, cfg.logger.project,
+                           config=OmegaConf.to_container(cfg, resolve=True))
+    selector = _selector(cfg, env_cfg)
+    meta = {"kind": "finetune_state", "env_name": env.cfg.name, "env_cfg": env_cfg,
+            "obs_spec": env.obs_spec.to_dict(), "init_ckpt": str(init_path)}
+    runner = OnPolicyRunner(
+        env, policy, ppo_cfg,
+        RunnerConfig(num_steps_per_env=int(f.steps_per_env), num_iterations=int(f.iterations), seed=int(cfg.seed),
+                     save_every=int(f.save_every), critic_warmup_iterations=int(f.critic_warmup_iterations),
+                     actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len)),
+        logger=logger, checkpoint_meta=meta, selector=selector)
+    _attach_demonstrations(runner, f, dataset, student)
+    if resume:
+        runner.load(torch.load(state_path, weights_only=True))
+        print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
+    print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
+          f"of {f.num_envs} envs x {f.steps_per_env} steps, critic {f.critic}, warm-up {f.critic_warmup_iterations}, "
+          f"imitation bc_coef {f.ppo.bc_coef}")
+    last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
+    logger.close()
+    env.close()
+    from rl.plot import load, plot
+
+    plots = plot(load(out / "metrics.jsonl", "finetune"), out / "plots", "finetune")
+    ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset)
+    result = _evaluate(cfg, ckpt, env_cfg)
+    ckpt["eval"] = result
+    torch.save(ckpt, final_path)
+    _report(cfg, result, ckpt["finetune"])
+    print(f"[finetune] wrote {final_path}; plots: {', '.join(p.name for p in plots)}")
+    return {"finetuned_ckpt": str(final_path), "train_success_rate": last.get("success_rate"),
+            "env_steps": last.get("env_steps"), **ckpt["finetune"]["selected"], **result}
+
+
+def _dataset_path(f, info: dict) -> Path | None:
+    """The demonstrations: ``finetune.dataset``, else the one the student was trained on (None if unused)."""
+    needed = float(f.ppo.bc_coef) > 0 or float(f.demo_reset_prob) > 0
+    if not needed:
+        return None
+    path = Path(str(f.dataset)).expanduser().resolve() if f.dataset else Path(info["dataset"]["path"])
+    if not path.exists():
+        raise ConfigError(f"the demonstrations {path} do not exist (the imitation term and demo-state resets read "
+                          f"them); pass finetune.dataset=PATH, or set finetune.ppo.bc_coef=0 and "
+                          f"finetune.demo_reset_prob=0")
+    return path
+
+
+def _attach_demonstrations(runner: OnPolicyRunner, f, dataset: Path | None, student) -> None:
+    """The imitation term's demonstrated sequences and the demo-state resets, when asked for."""
+    if dataset is None:
+        return
+    if float(f.ppo.bc_coef) > 0:
+        from datasets.arrays import read_policy_arrays
+        from datasets.store import EpisodeStore
+        from rl.demo_sequences import DemoSequences
+
+        store = EpisodeStore.open(dataset)
+        arrays = read_policy_arrays(store, student.spec, student.cfg.group)
+        runner.ppo.set_demonstration_sequences(
+            DemoSequences(arrays, student.cfg.group, int(f.seq_len), burn_in=int(f.imitation_burn_in)))
+    if float(f.demo_reset_prob) > 0:
+        from finetune.demo_reset import DemoStateResets, load_demo_states
+
+        runner.on_reset = DemoStateResets(load_demo_states(dataset, runner.env), float(f.demo_reset_prob),
+                                          int(runner.cfg.seed) + 307, runner.env.num_envs)
+
+
+def _selector(cfg, env_cfg: dict) -> BestCheckpoint | None:
+    s = cfg.finetune.select
+    if int(s.every) <= 0:
+        return None
+    n = int(s.episodes)
+    # the env as evaluated (no training perturbations), on seeds apart from the final evaluation's
+    return BestCheckpoint(lambda: make_env(evaluation_env_config(cfg, n)), int(s.every), n, int(cfg.seed),
+                          actor=lambda p: p.student, seed_fn=finetune_selection_seed)
+
+
+def _student_state(policy: StudentActorCritic) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in policy.student.state_dict().items()}
+
+
+def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActorCritic, runner: OnPolicyRunner,
+                          selector: BestCheckpoint | None, dataset: Path | None) -> dict:
+    """A student checkpoint of the selected (``state_dict``) and last (``last_state_dict``) weights."""
+    last = _student_state(policy)
+    selected = {"iteration": runner.iteration, "success_rate": None}
+    chosen = last
+    if selector is not None:
+        selector.close()
+        if selector.best is not None:
+            prefix = "student."
+            chosen = {k[len(prefix):]: v.clone() for k, v in selector.best["model"].items() if k.startswith(prefix)}
+            selected = {"iteration": selector.best["iteration"], "success_rate": selector.best["success_rate"]}
+    history = [{"iteration": int(i), "success_rate": float(r)} for i, r in (selector.history if selector else [])]
+    start = history[0]["success_rate"] if history and history[0]["iteration"] == 0 else None
+    keep = {k: v for k, v in info.items() if k not in ("selected", "selection", "eval", "finetune")}
+    return {**keep, "state_dict": chosen, "last_state_dict": last,
+            "selected": {"iteration": selected["iteration"], "success_rate": selected["success_rate"],
+                         "episodes": int(cfg.finetune.select.episodes)},
+            "finetune": {"init_ckpt": str(init_path), "bc_selected": info.get("selected"),
+                         "selected": {"selected_iteration": selected["iteration"],
+                                      "selection_success_rate": selected["success_rate"],
+                                      "start_selection_success_rate": start},
+                         "selection": history, "iterations": runner.iteration,
+                         "dataset": str(dataset) if dataset else None,
+                         "cfg": OmegaConf.to_container(cfg.finetune, resolve=True),
+                         "critic": policy.config_dict().get("critic", cfg.finetune.critic)},
+            "seed": int(cfg.seed), "code_version": code_version()}
+
+
+def _evaluate(cfg, ckpt: dict, env_cfg: dict) -> dict:
+    """The selected weights' deterministic success on the final evaluation's seeds (stage=eval's)."""
+    n = int(cfg.finetune.eval_episodes)
+    env = make_env(evaluation_env_config(cfg, n))
+    student, _ = load_student(ckpt, env_name=env_cfg["name"])
+    result = evaluate_policy(env, NetworkPolicy(student, kind="student"), n, evaluation_seed(cfg.seed))
+    env.close()
+    result.update(env=env.cfg.name, policy="finetuned")
+    return result
+
+
+def _report(cfg, result: dict, record: dict) -> None:
+    out = run_dir(cfg)
+    (out / "finetune_eval.json").write_text(dumps_json({**result, "finetune": record}))
+    table = format_table([result])
+    start = record["selected"]["start_selection_success_rate"]
+    sel = record["selected"]
+    line = (f"selected iteration {sel['selected_iteration']} (selection success {sel['selection_success_rate']:.1%}"
+            + (f"; the BC start {start:.1%} on the same selection episodes" if start is not None else "") + ")"
+            if sel["selection_success_rate"] is not None else "no selection (finetune.select.every=0): the last weights")
+    (out / "finetune_eval.md").write_text(f"# Fine-tuned student ({result['env']})\n\n{line}\n\n{table}\n"
+                                          f"{device_note()}\n")
+    print(f"[finetune] {line}\n{table}{device_note()}")

@@ -60,7 +60,7 @@ class OnPolicyRunner:
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
         # selector: due(iteration, last) -> bool and consider(iteration, policy) -> dict of metrics,
         # called before the first update and after due ones, keeps the best weights by its own
-        # measure (teacher/selection.py); state_dict()/load_state_dict() for resume.
+        # measure (common/selection.py); state_dict()/load_state_dict() for resume.
         self.selector = selector
         # on_reset(env, ids, success): told which episodes just ended and whether they succeeded, it may
         # set the state of those freshly reset envs (e.g. expert states) and returns True if it did.

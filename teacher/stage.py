@@ -22,7 +22,7 @@ from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from teacher.curriculum import ReverseCurriculum, expert_state_pool
 from teacher.ppo_teacher import behaviour_clone, build_policy, expert_pairs
-from teacher.selection import BestCheckpoint
+from common.selection import BestCheckpoint
 
 
 def run(cfg) -> dict:

@@ -343,7 +343,7 @@ def test_nearest_first_makes_the_teacher_indifferent_to_the_cube_numbering(make)
 
 def test_selection_keeps_the_best_weights_by_closed_loop_success_and_survives_a_checkpoint(tmp_path):
     from common.evaluate import evaluate
-    from teacher.selection import BestCheckpoint
+    from common.selection import BestCheckpoint
 
     def selector():
         return BestCheckpoint(lambda: PointReach(num_envs=32, horizon=30), every=5, episodes=32, seed=0)

@@ -1,4 +1,4 @@
-"""Keep the teacher weights that succeed most often in closed loop, not merely the last ones.
+"""Keep the weights that succeed most often in closed loop, not merely the last ones (PPO's selection).
 
 PPO's training curve reads the stochastic policy on a mix of fresh and expert starts with the
 training perturbations on; what collection uses is the deterministic policy from fresh starts. On
@@ -7,6 +7,11 @@ then eroded it to 82.8% over 1500 iterations while its training curve stayed fla
 So every ``every`` iterations (and once before the first update) the actor's mean action plays
 ``episodes`` fresh episodes, seeded apart from the final evaluation's seeds so that the reported
 number is not the one the choice was made on, and the best weights so far are kept in the checkpoint.
+
+The teacher (an MLP) and the fine-tuned student (a recurrent net inside ``StudentActorCritic``) share
+it: ``actor(policy)`` names the network that acts (default: the policy itself), and it plays as
+``common.policies.NetworkPolicy`` does everywhere else, its memory and previous action carried and reset
+per episode.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from collections.abc import Callable
 import torch
 
 from common.evaluate import evaluate, selection_seed
+from common.policies import NetworkPolicy
 
 
 class BestCheckpoint:
-    def __init__(self, make_eval_env: Callable[[], object], every: int, episodes: int, seed: int):
+    def __init__(self, make_eval_env: Callable[[], object], every: int, episodes: int, seed: int,
+                 actor: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 seed_fn: Callable[[int], int] = selection_seed):
         self.make_eval_env, self.every, self.episodes = make_eval_env, every, episodes
-        self.seed = selection_seed(seed)  # apart from the final evaluation's (common/evaluate.py)
+        self.actor = actor or (lambda policy: policy)
+        self.seed = seed_fn(seed)  # apart from the final evaluation's (common/evaluate.py)
         self.env = None
         self.best: dict | None = None  # {"iteration", "success_rate", "model"}
         self.history: list[list[float]] = []  # [iteration, success_rate] of every evaluation
@@ -40,8 +49,8 @@ class BestCheckpoint:
             self.env = self.make_eval_env()
         was_training = policy.training
         policy.eval()
-        result = evaluate(self.env, lambda obs: policy.act_inference(obs)[0], lambda done: None, self.episodes,
-                          seed=self.seed, progress=False)
+        player = NetworkPolicy(self.actor(policy))  # the mean action; memory carried and reset per episode
+        result = evaluate(self.env, player.act, player.reset, self.episodes, seed=self.seed, progress=False)
         policy.train(was_training)
         rate = result["success_rate"]
         self.history.append([iteration, rate])
