@@ -45,8 +45,8 @@ def validate(cfg: DictConfig) -> None:
                            if "train_perturbations" in cfg.teacher else {})})
     f = cfg.finetune
     if f.steps_per_env % f.seq_len:
-        raise ConfigError(f"finetune.steps_per_env={f.steps_per_env} is not a multiple of finetune.seq_len={f.seq_len}; "
-                          f"the rollout is stored in sequences of seq_len steps: pick a multiple")
+        raise ConfigError(f"finetune.steps_per_env={f.steps_per_env} is not a multiple of finetune.seq_len="
+                          f"{f.seq_len}; the rollout is stored in sequences of seq_len steps: pick a multiple")
     if cfg.collect.workers > 1 and cfg.collect.retry_share_target is not None:
         raise ConfigError("collect.retry_share_target needs collect.workers=1 (the quota is decided in episode "
                           "order, which parallel workers do not share)")

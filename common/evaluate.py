@@ -4,9 +4,10 @@ The seeds: ``evaluate(..., seed)`` resets round r at ``seed + 1000003 r``; every
 derives from that base seed, its index and its episode counter (``envs/rng.py``). The final
 evaluations (the teacher stage's table and ``stage=eval``) start at ``evaluation_seed(seed)``, the
 teacher's weight selection at ``selection_seed(seed)``, the student's at
-``student_selection_seed(seed)``, the fine-tuned student's at ``finetune_selection_seed(seed)``; training uses the run's seed itself and small offsets of it (+1,
-+2: the runner's generators, +211: the warm start's expert pairs, +100 + 1000 r: the curriculum's
-expert states). They stay apart for one run's seed.
+``student_selection_seed(seed)``, the fine-tuned student's at ``finetune_selection_seed(seed)``;
+training uses the run's seed itself and small offsets of it (+1, +2: the runner's generators, +211:
+the warm start's expert pairs, +100 + 1000 r: the curriculum's expert states, +307: fine-tuning's
+demo-state resets). They stay apart for one run's seed.
 """
 
 from __future__ import annotations

@@ -198,7 +198,8 @@ def _report(cfg, result: dict, record: dict) -> None:
     sel = record["selected"]
     line = (f"selected iteration {sel['selected_iteration']} (selection success {sel['selection_success_rate']:.1%}"
             + (f"; the BC start {start:.1%} on the same selection episodes" if start is not None else "") + ")"
-            if sel["selection_success_rate"] is not None else "no selection (finetune.select.every=0): the last weights")
+            if sel["selection_success_rate"] is not None
+            else "no selection (finetune.select.every=0): the last weights")
     (out / "finetune_eval.md").write_text(f"# Fine-tuned student ({result['env']})\n\n{line}\n\n{table}\n"
                                           f"{device_note()}\n")
     print(f"[finetune] {line}\n{table}{device_note()}")

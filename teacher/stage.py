@@ -16,13 +16,13 @@ from common.evaluate import device_note, evaluate_policy, evaluation_env_config,
 from common.metrics import MetricsLogger, dumps_json
 from common.policies import PolicyTeacher, ScriptedPolicy, load_checkpoint
 from common.rundir import output_path, run_dir
+from common.selection import BestCheckpoint
 from envs import env_config_dict, env_config_with, make_env
 from envs.base import ConfigError
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from teacher.curriculum import ReverseCurriculum, expert_state_pool
 from teacher.ppo_teacher import behaviour_clone, build_policy, expert_pairs
-from common.selection import BestCheckpoint
 
 
 def run(cfg) -> dict:

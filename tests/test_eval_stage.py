@@ -12,7 +12,13 @@ from hydra import compose, initialize_config_dir
 
 import pipeline
 from common import policies
-from common.evaluate import ROUND_STRIDE, evaluation_seed, selection_seed
+from common.evaluate import (
+    ROUND_STRIDE,
+    evaluation_seed,
+    finetune_selection_seed,
+    selection_seed,
+    student_selection_seed,
+)
 from common.policies import Policy, register
 from envs.base import ConfigError
 from tests.test_pipeline import pipeline as run_pipeline
@@ -171,9 +177,14 @@ def test_evaluation_seeds_stay_apart_from_selection_and_training():
     for seed in range(4):
         rounds = range(64)
         evaluation = {evaluation_seed(seed) + ROUND_STRIDE * r for r in rounds}
-        selection = {selection_seed(seed) + ROUND_STRIDE * r for r in rounds}
-        training = {seed, seed + 1, seed + 2, seed + 211} | {seed + 100 + 1000 * r for r in range(8)}
-        assert not evaluation & selection and not (evaluation | selection) & training
+        selections = [{fn(seed) + ROUND_STRIDE * r for r in rounds}
+                      for fn in (selection_seed, student_selection_seed, finetune_selection_seed)]
+        training = {seed, seed + 1, seed + 2, seed + 211, seed + 307} | {seed + 100 + 1000 * r for r in range(8)}
+        seen = set(evaluation)
+        for selection in selections:  # each selection on its own seeds, none of them the final evaluation's
+            assert not seen & selection
+            seen |= selection
+        assert not seen & training
 
 
 def test_a_network_policy_carries_its_memory_and_resets_it_where_an_episode_starts():
