@@ -43,6 +43,10 @@ def validate(cfg: DictConfig) -> None:
                         "finetune.train_perturbations": cfg.finetune.train_perturbations,
                         **({"teacher.train_perturbations": cfg.teacher.train_perturbations}
                            if "train_perturbations" in cfg.teacher else {})})
+    kinds = ("transformer", "mlp", "rnn")
+    bad = [str(k) for k in cfg.bc.baselines if str(k) not in kinds]
+    if bad:
+        raise ConfigError(f"bc.baselines={list(cfg.bc.baselines)}: {bad} is not a student kind; choose from {kinds}")
     f = cfg.finetune
     if f.steps_per_env % f.seq_len:
         raise ConfigError(f"finetune.steps_per_env={f.steps_per_env} is not a multiple of finetune.seq_len="

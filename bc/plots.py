@@ -27,13 +27,14 @@ PANELS = [
 ]
 
 
-def _rows(path: Path) -> list[dict]:
+def _rows(path: Path, stage: str) -> list[dict]:
     return [r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())
-            if r.get("stage") == "bc" and "iteration" in r]
+            if r.get("stage") == stage and "iteration" in r]
 
 
-def plot_bc(metrics: Path, out_dir: Path) -> list[Path]:
-    rows = _rows(metrics)
+def plot_bc(metrics: Path, out_dir: Path, stage: str = "bc") -> list[Path]:
+    """``stage``: the rows' stage, ``bc`` or a baseline's (``bc_mlp``): also the files' prefix."""
+    rows = _rows(metrics, stage)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -63,10 +64,10 @@ def plot_bc(metrics: Path, out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    draw(PANELS, "bc_training.png")
+    draw(PANELS, f"{stage}_training.png")
     grad_keys = sorted({k for r in rows for k in r if k.startswith(("grad_l2/", "grad_max/"))})
-    draw([(k, k) for k in grad_keys], "bc_gradients.png", logy=True)
-    draw(internal_panels({k for r in rows for k in r}), "bc_internals.png", per_row=3)
+    draw([(k, k) for k in grad_keys], f"{stage}_gradients.png", logy=True)
+    draw(internal_panels({k for r in rows for k in r}), f"{stage}_internals.png", per_row=3)
     return written
 
 

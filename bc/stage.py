@@ -5,6 +5,12 @@ Output: ``student.pt`` (format: rl/student/checkpoint.py), Lightning's own check
 ``bc_ckpt/last.ckpt`` (``bc.resume=true`` continues from it exactly), ``metrics.jsonl`` and
 ``plots/bc_*.png``. The delivered weights are those with the best closed-loop success on held-out
 seeds (bc/callbacks.py), never the lowest validation loss.
+
+``bc.baselines`` (e.g. ``[mlp, rnn]``): students of those kinds trained beside ``bc.model`` on the same
+data and settings, for the comparison table: ``student_<kind>.pt``, ``bc_ckpt_<kind>/``, metrics rows of
+stage ``bc_<kind>``, ``plots/bc_<kind>_*.png``. They train one after another in a second process while
+``bc.model`` trains in this one (each on one thread: the two cores both work), their output in
+``bc_baselines.log``.
 """
 
 from __future__ import annotations
@@ -117,20 +123,43 @@ class _KillAtEpoch(L.Callback):
 
 
 def run(cfg, _stop_after_epochs: int | None = None) -> dict:
-    """``_stop_after_epochs`` (tests only): the run is interrupted (an exception, as a kill) at the start
+    """``bc.model`` into student.pt, and ``bc.baselines`` beside it (see the module's docstring).
+    ``_stop_after_epochs`` (tests only): the run is interrupted (an exception, as a kill) at the start
     of that epoch, with only what the epoch-end checkpoints wrote, and no student.pt."""
+    kinds = [str(k) for k in cfg.bc.baselines]
+    if str(cfg.bc.model) in kinds or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"bc.baselines={kinds} repeats a kind or bc.model={cfg.bc.model}; list each other kind once")
+    if not kinds or _stop_after_epochs is not None:
+        return train(cfg, _stop_after_epochs=_stop_after_epochs)
+    from bc.baselines import BaselineProcess
+
+    side = BaselineProcess(cfg, kinds)  # refuses before anything starts if an output exists
+    try:
+        result = train(cfg)
+    finally:
+        baselines = side.join()
+    return {**result, "baselines": baselines}
+
+
+def train(cfg, kind: str | None = None, _stop_after_epochs: int | None = None) -> dict:
+    """One student: ``bc.model`` (``kind`` None) into student.pt, or a baseline ``kind`` into
+    student_<kind>.pt, with the same data and settings."""
     _quiet_duplicate_logs()
+    if kind is not None:
+        cfg = OmegaConf.merge(cfg, {"bc": {"model": kind, "baselines": []}})
     b = cfg.bc
+    suffix = f"_{kind}" if kind is not None else ""  # the outputs of a baseline carry its kind
     # DDP's launcher re-runs the command line in each other process: a default run_dir (the time) would differ
     if not _is_rank_zero() and os.environ.get("BC_DDP_RUN_DIR"):
         cfg.run_dir = os.environ["BC_DDP_RUN_DIR"]
     out_dir = run_dir(cfg)
     if str(b.strategy).startswith("ddp"):
         os.environ["BC_DDP_RUN_DIR"] = str(out_dir)
-    ckpt_dir = out_dir / "bc_ckpt"
+    ckpt_dir = out_dir / f"bc_ckpt{suffix}"
     last_ckpt = ckpt_dir / "last.ckpt"
     resume = bool(b.resume) and last_ckpt.exists()
-    student_path = out_dir / "student.pt" if resume else output_path(cfg, "student.pt")  # resume may replace it
+    name = f"student{suffix}.pt"
+    student_path = out_dir / name if resume else output_path(cfg, name)  # resume may replace it
     if not resume and last_ckpt.exists() and not cfg.overwrite:
         raise ConfigError(f"{last_ckpt} exists; pass bc.resume=true to continue it, or overwrite=true to start over")
     data_path, store = _open_dataset(cfg)
@@ -174,7 +203,8 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=1,
                                                   save_on_train_epoch_end=True)
     is_zero = _is_rank_zero()
-    logger = MetricsLogger(out_dir, "bc", cfg.logger.mode if is_zero else "disabled", cfg.logger.project,
+    stage = f"bc{suffix}"
+    logger = MetricsLogger(out_dir, stage, cfg.logger.mode if is_zero else "disabled", cfg.logger.project,
                            config=OmegaConf.to_container(cfg, resolve=True) if is_zero else None)
     callbacks = [selection, MetricsWriter(logger, selection, int(b.log_every), int(b.diag_every)), ckpt_cb]
     if bool(b.progress):
@@ -223,7 +253,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     logger.close()
     from bc.plots import plot_bc
 
-    plots = plot_bc(out_dir / "metrics.jsonl", out_dir / "plots")
+    plots = plot_bc(out_dir / "metrics.jsonl", out_dir / "plots", stage)
     last_rate = selection.history[-1]["success_rate"] if selection.history else float("nan")
     print(f"[bc] {model.kind}: selected epoch {best['epoch']} (closed-loop success {best['success_rate']:.1%} on "
           f"{n_eval} held-out episodes; last epoch {last_rate:.1%}); {wall:.0f} s; wrote {student_path}; "

@@ -220,6 +220,7 @@ class BCSchema:
     dataset: str | None = MISSING
     num_episodes: int | None = count(None)
     model: str = spec(choices=("transformer", "mlp", "rnn"))
+    baselines: list[str] = MISSING
     resume: bool = MISSING
     window: int = count()
     window_stride: int = count()

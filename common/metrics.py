@@ -49,8 +49,15 @@ class MetricsLogger:
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         record = {"stage": self.stage, "time": time.time(), "step": step, **metrics}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        # One write() on an O_APPEND descriptor: the BC baselines' process logs into the same file at the
+        # same time, and a buffered text file may split a long row into several writes that interleave.
+        data = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
         if self._wandb is not None:
             self._wandb.log({f"{self.stage}/{k}": v for k, v in metrics.items()}, step=step)
 
