@@ -123,6 +123,8 @@ class PPO:
         The minibatches are flat (B,) steps, or (B, L) sequences for a recurrent policy: every loss below
         is a mean over all their elements, so it reads the same either way."""
         cfg = self.cfg
+        if hasattr(self.policy, "set_update_actor"):  # a critic on the actor's trunk: none of its gradient in warm-up
+            self.policy.set_update_actor(update_actor)
         named = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
         # Statistics stay on the device as tensors and are fetched once per update: an .item() per
         # parameter and minibatch is a host sync each, which costs a lot on a GPU.

@@ -175,6 +175,12 @@ def reads_prev_action(policy) -> bool:
     return getattr(student_cfg(policy), "prev_action", "off") != "off"
 
 
+def carry_inputs(carry: RolloutCarry) -> dict:
+    """The inputs the policy acts from next: the obs [+ the previous raw action]. V of the last obs for
+    GAE is ``policy.value(carry_inputs(carry), carry.memory)`` (a shared critic reads the previous action)."""
+    return {**carry.obs, "prev_action": carry.prev_action} if carry.prev_action is not None else carry.obs
+
+
 @torch.no_grad()
 def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: RolloutCarry,
                     generator: torch.Generator, value_fn: Callable | None = None, gamma: float = 0.99,
@@ -182,21 +188,29 @@ def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: Rollou
     """Fill ``storage`` with T steps: act with ``policy.act(obs, memory)``, sample raw actions (never
     clipped: the env clips its copy), step, reset the memory of finished envs. ``value_fn(obs, memory)
     -> (N,)`` gives the stored values and V(final_obs) for time-outs (folded into the reward as
-    ``RolloutStorage`` expects); without it values are 0. ``on_step(t, next_obs, rewards, dones, extras)``,
-    called right after each env step (the runner's episode records and reward check), may return the
-    next obs to act from instead (envs it set to other states), or None. Returns the carry for the next
-    rollout."""
+    ``RolloutStorage`` expects); without it values are 0. When it is the policy's own ``value`` and the
+    policy has ``act_value``, the stored values come from the acting pass (a critic on the student's trunk
+    reads the features the action came from, no second pass). V(final_obs) is one more step from the memory
+    after the last action, for the timed-out rows only, whose new memory is dropped (the carried memory does
+    not advance; a time-out comes once per episode, so this costs a fraction 1 / episode length).
+    ``on_step(t, next_obs, rewards, dones, extras)``, called right after each env step (the runner's episode
+    records and reward check), may return the next obs to act from instead (envs it set to other states), or
+    None. Returns the carry for the next rollout."""
     obs, memory, prev = carry.obs, carry.memory, carry.prev_action
     N = storage.N
     if memory is None:
         memory = policy.initial_memory(N)
     if reads_prev_action(policy) and prev is None:
         prev = torch.zeros(N, student_cfg(policy).action_dim)
+    fused = value_fn is not None and hasattr(policy, "act_value") and value_fn == getattr(policy, "value", None)
     for t in range(storage.T):
         inputs = {**obs, "prev_action": prev} if prev is not None else obs
         storage.add_memory(t, memory)
-        values = value_fn(inputs, memory) if value_fn is not None else torch.zeros(N)
-        dist, memory = policy.act(inputs, memory)
+        if fused:
+            dist, memory, values = policy.act_value(inputs, memory)
+        else:
+            values = value_fn(inputs, memory) if value_fn is not None else torch.zeros(N)
+            dist, memory = policy.act(inputs, memory)
         actions = sample_raw(dist, generator)  # (N, A)
         log_probs = dist.log_prob(actions).sum(-1)  # (N,)
         next_obs, rewards, dones, extras = env.step(actions)
@@ -208,7 +222,9 @@ def collect_rollout(env, policy, storage: RecurrentRolloutStorage, carry: Rollou
         if value_fn is not None and bool(time_outs.any()):
             # V of the truncated episode's true last state, from the memory it would have been seen with
             final = {**extras["final_obs"], "prev_action": actions} if prev is not None else extras["final_obs"]
-            rewards[time_outs] += gamma * value_fn(final, memory)[time_outs]
+            ids = time_outs.nonzero().squeeze(-1)  # (n,)
+            final = {k: v[ids] for k, v in final.items()}
+            rewards[ids] += gamma * value_fn(final, index_memory(memory, ids, storage.memory_dims))
         storage.add(inputs, actions, rewards, dones, values, log_probs, dist.mean, dist.stddev)
         memory = policy.reset_memory(memory, dones.bool())
         if prev is not None:

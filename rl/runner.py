@@ -26,6 +26,7 @@ from rl.ppo import PPO, NonFiniteError, PPOConfig
 from rl.recurrent_storage import (
     RecurrentRolloutStorage,
     RolloutCarry,
+    carry_inputs,
     collect_rollout,
     memory_env_dims,
     memory_from_state,
@@ -134,7 +135,7 @@ class OnPolicyRunner:
         carry = collect_rollout(self.env, self.policy, self.storage, carry, self.action_gen, value_fn=self.policy.value,
                                 gamma=gamma, on_step=self._after_step)
         self.obs, self.memory, self.prev_action = carry.obs, carry.memory, carry.prev_action
-        self.storage.compute_returns(self.policy.value(carry.obs, carry.memory), gamma, self.ppo.cfg.lam)
+        self.storage.compute_returns(self.policy.value(carry_inputs(carry), carry.memory), gamma, self.ppo.cfg.lam)
 
     def _collect_mlp(self) -> None:
         env, policy, storage, gamma = self.env, self.policy, self.storage, self.ppo.cfg.gamma

@@ -79,8 +79,16 @@ class MLPStudent(_FlatStudent):
     def act(self, obs: dict, memory=None):
         return self.head(self._features(obs), self.norm), memory
 
+    def step_features(self, obs: dict, memory=None):
+        """``act`` without the head: (the head's input (N, F), memory)."""
+        return self._features(obs), memory
+
     def forward_sequence(self, obs_seq: dict, starts=None, memory0=None):
         return self.head(self._features(obs_seq), self.norm), None
+
+    def sequence_features(self, obs_seq: dict, starts=None, memory0=None):
+        """``forward_sequence`` without the head: (the head's input (B, T, F), None)."""
+        return self._features(obs_seq), None
 
     def forward(self, obs_seq: dict, starts=None, memory0=None):
         return self.forward_sequence(obs_seq, starts, memory0)
@@ -104,14 +112,25 @@ class LSTMStudent(_FlatStudent):
         return RNNMemory(memory.h * keep, memory.c * keep)
 
     def act(self, obs: dict, memory: RNNMemory | None = None):
+        features, memory = self.step_features(obs, memory)
+        return self.head(features, self.norm), memory
+
+    def step_features(self, obs: dict, memory: RNNMemory | None = None):
+        """``act`` without the head: (the LSTM's output (N, H), memory)."""
         feat = self._features(obs)  # (N, F)
         memory = memory if memory is not None else self.initial_memory(feat.shape[0], feat.device)
         y, (h, c) = self.rnn(feat[:, None], (memory.h, memory.c))
-        return self.head(y[:, 0], self.norm), RNNMemory(h, c)
+        return y[:, 0], RNNMemory(h, c)
 
     def forward_sequence(self, obs_seq: dict, starts: torch.Tensor | None = None,
                          memory0: RNNMemory | None = None):
-        """obs groups (B, T, D), starts (B, T) bool. One LSTM call per stretch between the times at
+        features, memory = self.sequence_features(obs_seq, starts, memory0)
+        return self.head(features, self.norm), memory
+
+    def sequence_features(self, obs_seq: dict, starts: torch.Tensor | None = None,
+                          memory0: RNNMemory | None = None):
+        """``forward_sequence`` without the head: (the LSTM's outputs (B, T, H), memory after the window).
+        obs groups (B, T, D), starts (B, T) bool. One LSTM call per stretch between the times at
         which any row starts an episode (usually one call: windows begin at episode starts)."""
         feat = self._features(obs_seq)  # (B, T, F)
         B, T, _ = feat.shape
@@ -125,7 +144,7 @@ class LSTMStudent(_FlatStudent):
             y, (h, c) = self.rnn(feat[:, a:b], (memory.h, memory.c))
             memory = RNNMemory(h, c)
             ys.append(y)
-        return self.head(torch.cat(ys, 1), self.norm), memory
+        return torch.cat(ys, 1), memory
 
     def forward(self, obs_seq: dict, starts=None, memory0=None):
         return self.forward_sequence(obs_seq, starts, memory0)

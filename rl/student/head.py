@@ -53,7 +53,11 @@ def bc_loss(dist: Normal, actions: torch.Tensor, valid: torch.Tensor | None = No
 
 
 class StudentMixin:
-    """Helpers shared by the three students (each has ``spec``, ``cfg``, ``kind``, ``norm``, ``head``)."""
+    """Helpers shared by the three students (each has ``spec``, ``cfg``, ``kind``, ``norm``, ``head``).
+
+    Each also has ``step_features`` / ``sequence_features``: ``act`` / ``forward_sequence`` without the
+    head, returning the head's input (..., F) with the memory, so ``head(features, norm)`` is their output
+    exactly; a critic on the trunk (rl/student_actor_critic.py, critic=shared) reads the same vector."""
 
     is_recurrent = True
     _probe: Probe | None = None  # set only inside ``recording()``: the layers feed it when it is there

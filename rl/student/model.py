@@ -298,16 +298,27 @@ class HistoryTransformer(StudentMixin, nn.Module):
     def act(self, obs: dict, memory: BlockMemory | None = None):
         """One step: obs groups (N, D) -> (Normal over (N, A), memory). Call ``reset_memory`` with the
         env's done flags before the next step, as PPO does."""
+        features, memory = self.step_features(obs, memory)
+        return self.head(features, self.norm), memory
+
+    def step_features(self, obs: dict, memory: BlockMemory | None = None):
+        """``act`` without the head: (the head's input (N, F), memory). A shared critic reads it."""
         tokens = self._step_tokens(obs)  # (N, S, D)
         memory = memory if memory is not None else self.initial_memory(tokens.shape[0], tokens.device)
         length = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
         out, memory = self._advance(tokens[:, None], length, memory)
-        return self.head(self._head_input(out[:, 0], obs), self.norm), memory
+        return self._head_input(out[:, 0], obs), memory
 
     def forward_sequence(self, obs_seq: dict, starts: torch.Tensor | None = None,
                          memory0: BlockMemory | None = None):
         """obs_seq groups (B, T, D); starts (B, T) bool: an episode starts there (memory reset before
-        that step). Returns (Normal over (B, T, A), memory after the window: it may hold a partial block).
+        that step). Returns (Normal over (B, T, A), memory after the window: it may hold a partial block)."""
+        features, memory = self.sequence_features(obs_seq, starts, memory0)
+        return self.head(features, self.norm), memory
+
+    def sequence_features(self, obs_seq: dict, starts: torch.Tensor | None = None,
+                          memory0: BlockMemory | None = None):
+        """``forward_sequence`` without the head: (the head's input (B, T, F), memory after the window).
         Chunks: each row advances to its next block end or episode start; rows proceed in lockstep
         rounds, so a window of T steps takes about T / K rounds of one parallel pass each."""
         tokens = self._step_tokens(obs_seq)  # (B, T, S, D)
@@ -337,7 +348,7 @@ class HistoryTransformer(StudentMixin, nn.Module):
             b, j = (torch.arange(L, device=dev)[None] < length[:, None]).nonzero(as_tuple=True)
             outs = outs.index_put((b, pos[b] + j), out[b, j])
             pos = pos + length
-        return self.head(self._head_input(outs, obs_seq), self.norm), memory
+        return self._head_input(outs, obs_seq), memory
 
     def _head_input(self, act_out: torch.Tensor, obs: dict) -> torch.Tensor:
         """ACT token outputs (..., D) [+ the step's normalised observation (..., obs_dim) with obs_skip:
