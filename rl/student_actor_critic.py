@@ -10,6 +10,7 @@ The policy interface of rl/networks.py, with sequences batch-first as the recurr
   ``value(obs, memory=None) -> (...,)``          the critic on any leading dims ((N,) or (B, L))
   ``evaluate(obs_seq, memory0, starts)``         (Normal over (B, L, A), values (B, L)) via the
                                                  student's ``forward_sequence`` from the stored memory
+  ``evaluate_actor(obs_seq, memory0, starts)``   the Normal alone (demonstrated windows, no critic)
   ``update_normalizers(obs)``                    the critic's only: the student's input normaliser
                                                  stays as BC fitted it (the actor's input space)
 The std is the student head's free log-std parameter: never clamped here either.
@@ -73,8 +74,13 @@ class StudentActorCritic(nn.Module):
         """obs groups (B, L, D), memory0 the memory before each sequence's first step, starts (B, L) bool
         -> (Normal over (B, L, A), values (B, L)): the rollout's distributions again while the weights
         are unchanged (the student resets its memory at the starts as the rollout did)."""
+        return self.evaluate_actor(obs_seq, memory0, starts), self.value(obs_seq)
+
+    def evaluate_actor(self, obs_seq: dict, memory0=None, starts: torch.Tensor | None = None) -> Normal:
+        """The student alone over sequences (Normal over (B, L, A)): PPO's imitation term on demonstrated
+        windows, which hold the student's obs group but not the critic's privileged one."""
         dist, _ = self.student.forward_sequence(obs_seq, starts, memory0)
-        return dist, self.value(obs_seq)
+        return dist
 
     def config_dict(self) -> dict:
         return {"student": self.student.config_dict(), **self._config}
