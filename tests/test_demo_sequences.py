@@ -168,6 +168,7 @@ def test_a_few_steps_on_the_imitation_term_alone_lower_the_masked_error(make):
         loss.backward()
         ppo.optimizer.step()
     assert set(calls[0][0]) == {"policy", "prev_action"}  # the student reads the previous action: it gets it
+    print(f"masked MSE {before:.3f} -> {masked_error():.3f}")
     assert masked_error() < 0.5 * before, (before, masked_error())
 
 
