@@ -96,11 +96,12 @@ class PPO:
         self.demo_obs, self.demo_actions = obs, actions
 
     def set_demonstration_sequences(self, sequences: DemoSequences) -> None:
-        """Demonstrated episodes for the imitation term of a recurrent policy: each minibatch of B
-        sequences adds the error on B windows of them, each from a fresh memory rebuilt over its burn-in."""
-        if not getattr(self.policy, "is_recurrent", False):
-            raise ValueError("demonstration sequences are for a recurrent policy; give an MLP policy "
-                             "(obs, action) pairs with set_demonstrations")
+        """Demonstrated episodes for the imitation term of a student (``evaluate_actor``): each minibatch
+        of B sequences adds the error on B windows of them, each from a fresh memory rebuilt over its
+        burn-in; a flat minibatch of B steps (an MLP student) on ceil(B / seq_len) windows, about B steps."""
+        if not hasattr(self.policy, "evaluate_actor"):
+            raise ValueError("demonstration sequences are for a student policy (evaluate_actor); give an MLP "
+                             "actor-critic (obs, action) pairs with set_demonstrations")
         self.demo_sequences = sequences
 
     def _imitation_loss(self, batch_size: int) -> torch.Tensor | None:
@@ -110,6 +111,8 @@ class PPO:
         if coef <= 0:
             return None
         if self.demo_sequences is not None:
+            if not getattr(self.policy, "is_recurrent", False):  # batch_size counts steps, not sequences
+                batch_size = -(-batch_size // self.demo_sequences.L)
             return coef * self._sequence_imitation_error(batch_size)
         if self.demo_actions is None:
             return None

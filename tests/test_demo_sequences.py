@@ -8,6 +8,7 @@ import torch
 
 from envs.base import ConfigError
 from rl.demo_sequences import DemoSequences
+from rl.networks import MLPActorCritic, MLPPolicyConfig
 from rl.ppo import PPO, PPOConfig
 from rl.student.model import build_student
 from rl.student_actor_critic import StudentActorCritic
@@ -172,7 +173,7 @@ def test_a_few_steps_on_the_imitation_term_alone_lower_the_masked_error(make):
     assert masked_error() < 0.5 * before, (before, masked_error())
 
 
-def test_no_imitation_term_without_a_coefficient_and_sequences_only_for_a_recurrent_policy(make):
+def test_no_imitation_term_without_a_coefficient_and_sequences_only_for_a_student(make):
     policy, seqs = student_policy(make)
     ppo = PPO(policy, PPOConfig(bc_coef=0.0))
     ppo.set_demonstration_sequences(seqs)
@@ -181,6 +182,18 @@ def test_no_imitation_term_without_a_coefficient_and_sequences_only_for_a_recurr
     decayed.set_demonstration_sequences(seqs)
     decayed.actor_updates = 1
     assert decayed._imitation_loss(8) is None  # weight 1 * 0**1
-    mlp = StudentActorCritic(build_student("mlp", policy.student.spec, {"action_dim": 3}), 4)
-    with pytest.raises(ValueError, match="set_demonstrations"):
-        PPO(mlp, PPOConfig(bc_coef=1.0)).set_demonstration_sequences(seqs)
+    with pytest.raises(ValueError, match="set_demonstrations"):  # an MLP actor-critic takes (obs, action) pairs
+        PPO(MLPActorCritic(MLPPolicyConfig(actor_dim=2, critic_dim=2)), PPOConfig(bc_coef=1.0)
+            ).set_demonstration_sequences(seqs)
+
+
+def test_an_mlp_student_imitates_about_as_many_demonstrated_steps_as_its_flat_minibatch_has(make):
+    policy, seqs = student_policy(make)
+    spec, A = policy.student.spec, policy.student.cfg.action_dim
+    mlp = StudentActorCritic(build_student("mlp", spec, {"action_dim": A, "hidden": [16], "head_hidden": [16]}),
+                             spec.dim("privileged"), critic_hidden=[16])
+    calls = spy_on_the_actor(mlp)
+    ppo = PPO(mlp, PPOConfig(bc_coef=1.0), generator=torch.Generator().manual_seed(1))
+    ppo.set_demonstration_sequences(seqs)
+    assert ppo._imitation_loss(13) > 0
+    assert calls[0][0]["policy"].shape[:2] == (3, 4 + 6)  # ceil(13 steps / seq_len 6) windows of burn_in + 6
