@@ -1,10 +1,10 @@
 """The behaviour-cloning data: windows of L steps from the zarr store, split by episode.
 
 What is read: the ``policy`` group's arrays (concatenated in the obs spec's column order), the raw
-actions and the ``perturbation/*`` flags, read in place from the store through ``EpisodeStore``
-once per process and cached in memory (a few MB for hundreds of episodes; the privileged group and
-the simulator states, most of the store, are never read). Lightning's workers (``bc.num_workers``)
-fork after that read and share the pages.
+actions and the ``perturbation/*`` flags, read in place from the store (datasets/arrays.py, shared
+with fine-tuning's imitation term) once per process and cached in memory (a few MB for hundreds of
+episodes; the privileged group and the simulator states, most of the store, are never read).
+Lightning's workers (``bc.num_workers``) fork after that read and share the pages.
 
 The split is by episode: a seeded permutation of the episode indices, the last ``val_fraction`` of
 them validation (at least one when there are two or more episodes). Normalisation statistics come
@@ -35,25 +35,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bc.streams import ChunkSampler, StreamDataset, process_share
+from datasets.arrays import read_policy_arrays
 from datasets.store import EpisodeStore
 from envs.base import ConfigError, ObsSpec
-
-
-def read_policy_arrays(store: EpisodeStore, spec: ObsSpec, group: str = "policy") -> dict[str, np.ndarray]:
-    """obs (T, D) float32 in the spec's column order, action (T, A), perturbed (T,) bool, ends (E,)."""
-    cols = []
-    for term in spec.groups[group]:
-        name = f"data/obs/{group}/{term.entity}_{term.name}"
-        values = store.read(name)
-        if values.shape[1:] != (term.end - term.start,):
-            raise ConfigError(f"{store.path}: {name} has shape {values.shape}, the obs spec says width "
-                              f"{term.end - term.start}; re-collect the dataset")
-        cols.append(values.astype(np.float32))
-    names = store.data_names()
-    flags = [store.read(f"data/{n}").astype(bool) for n in names if n.startswith("perturbation/")]
-    steps = store.num_steps
-    return {"obs": np.concatenate(cols, 1), "action": store.read("data/action").astype(np.float32),
-            "perturbed": np.any(flags, 0) if flags else np.zeros(steps, bool), "ends": store.episode_ends}
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rl.networks import split_parameters
-from rl.recurrent_storage import RecurrentRolloutStorage
+from rl.recurrent_storage import RecurrentRolloutStorage, reads_prev_action
 from rl.storage import RolloutStorage
+
+if TYPE_CHECKING:  # only a type here: PPO (the teacher's too) need not import the dataset readers
+    from rl.demo_sequences import DemoSequences
 
 
 @dataclass
@@ -35,7 +39,8 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     # Imitation kept in the update (DAPG, Rajeswaran et al. 2018): + bc_coef * bc_decay**k times the
     # squared error of the policy mean against demonstrated raw actions, k counting actor updates.
-    # Only with demonstrations set (set_demonstrations); the std is left to PPO.
+    # Only with demonstrations set (set_demonstrations: (obs, action) pairs for an MLP policy;
+    # set_demonstration_sequences: windows of demonstrated episodes for a recurrent one); the std is left to PPO.
     bc_coef: float = 0.0
     bc_decay: float = 1.0
     # Penalty on the policy mean beyond the env's action bounds [-1, 1] (rl_games' bounds_loss_coef):
@@ -83,19 +88,49 @@ class PPO:
         self.actor_params, self.critic_params = split_parameters(policy)
         self.demo_obs: dict | None = None
         self.demo_actions: torch.Tensor | None = None
+        self.demo_sequences: DemoSequences | None = None
         self.actor_updates = 0
 
     def set_demonstrations(self, obs: dict, actions: torch.Tensor) -> None:
-        """Demonstrated (obs groups of (M, D), raw actions (M, A)) for the imitation term."""
+        """Demonstrated (obs groups of (M, D), raw actions (M, A)) for the imitation term of an MLP policy."""
         self.demo_obs, self.demo_actions = obs, actions
 
+    def set_demonstration_sequences(self, sequences: DemoSequences) -> None:
+        """Demonstrated episodes for the imitation term of a student (``evaluate_actor``): each minibatch
+        of B sequences adds the error on B windows of them, each from a fresh memory rebuilt over its
+        burn-in; a flat minibatch of B steps (an MLP student) on ceil(B / seq_len) windows, about B steps."""
+        if not hasattr(self.policy, "evaluate_actor"):
+            raise ValueError("demonstration sequences are for a student policy (evaluate_actor); give an MLP "
+                             "actor-critic (obs, action) pairs with set_demonstrations")
+        self.demo_sequences = sequences
+
     def _imitation_loss(self, batch_size: int) -> torch.Tensor | None:
+        """coef * the squared error of the policy mean against the demonstrated raw actions (mean over
+        steps and action dims), on ``batch_size`` samples: pairs, or windows for a recurrent policy."""
         coef = self.cfg.bc_coef * self.cfg.bc_decay ** self.actor_updates
-        if self.demo_actions is None or coef <= 0:
+        if coef <= 0:
+            return None
+        if self.demo_sequences is not None:
+            if not getattr(self.policy, "is_recurrent", False):  # batch_size counts steps, not sequences
+                batch_size = -(-batch_size // self.demo_sequences.L)
+            return coef * self._sequence_imitation_error(batch_size)
+        if self.demo_actions is None:
             return None
         idx = torch.randint(0, len(self.demo_actions), (batch_size,), generator=self.generator)
         dist, _ = self.policy.act({k: v[idx] for k, v in self.demo_obs.items()})
         return coef * (dist.mean - self.demo_actions[idx]).pow(2).mean()
+
+    def _sequence_imitation_error(self, batch_size: int) -> torch.Tensor:
+        """Mean over the windows' valid steps (the real ones after the burn-in) of the squared error
+        averaged over action dims, from a fresh memory (memory0 None) reset at the windows' starts."""
+        windows = self.demo_sequences.sample(batch_size, self.generator)
+        device = self.actor_params[0].device  # a no-op when the sequences were moved there (DemoSequences.to)
+        obs = {k: v.to(device) for k, v in windows["obs"].items()
+               if k != "prev_action" or reads_prev_action(self.policy)}  # groups (N, B+L, D)
+        dist = self.policy.evaluate_actor(obs, None, windows["starts"].to(device))  # Normal over (N, B+L, A)
+        error = (dist.mean - windows["actions"].to(device)).pow(2).mean(-1)  # (N, B+L)
+        valid = windows["valid"].to(device).float()  # every window has at least one valid step
+        return (error * valid).sum() / valid.sum()  # no boolean indexing: no host sync on a GPU
 
     def set_learning_rate(self, lr: float) -> None:
         self.learning_rate = lr
@@ -110,10 +145,9 @@ class PPO:
             if getattr(self.policy, "is_recurrent", False):
                 raise ValueError("a recurrent policy needs a RecurrentRolloutStorage (sequences with their memory)")
             return storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator)
-        if self.demo_actions is not None and cfg.bc_coef > 0:
-            raise NotImplementedError("the imitation term (bc_coef with set_demonstrations) is MLP-only for now: "
-                                      "imitation on demonstrated sequences for a recurrent student comes in a "
-                                      "later slice")
+        if self.demo_sequences is None and self.demo_actions is not None and cfg.bc_coef > 0:
+            raise ValueError("a recurrent policy imitates demonstrated windows, not single (obs, action) pairs: "
+                             "use set_demonstration_sequences(DemoSequences(...))")
         return storage.sequence_minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator)
 
     def update(self, storage: RolloutStorage | RecurrentRolloutStorage, update_actor: bool = True) -> dict:

@@ -18,6 +18,7 @@ The policy interface of rl/networks.py, with sequences batch-first as the recurr
                                                  does not advance (the time-out bootstrap V(final_obs))
   ``evaluate(obs_seq, memory0, starts)``         (Normal over (B, L, A), values (B, L)) from one
                                                  ``forward_sequence`` of the stored memory
+  ``evaluate_actor(obs_seq, memory0, starts)``   the Normal alone (demonstrated windows, no critic)
   ``update_normalizers(obs)``                    the privileged critic's only: the student's input
                                                  normaliser stays as BC fitted it (the actor's input space)
   ``set_update_actor(flag)``                     PPO.update tells the shared critic whether the actor trains
@@ -155,3 +156,17 @@ class StudentActorCritic(nn.Module):
             return dist, self.value(obs_seq)
         features, _ = self.student.sequence_features(obs_seq, starts, memory0)  # (B, L, F)
         return self.student.head(features, self.student.norm), self._shared_value(features)
+
+    def train(self, mode: bool = True) -> StudentActorCritic:
+        """The student always acts as deployed (eval mode): its previous-action dropout or noise (the
+        copycat remedies) samples only in train mode, so a rollout and the update recomputing it would
+        draw different noise and the first ratio would not be 1. PPO trains the deployed behaviour."""
+        super().train(mode)
+        self.student.eval()
+        return self
+
+    def evaluate_actor(self, obs_seq: dict, memory0=None, starts: torch.Tensor | None = None) -> Normal:
+        """The student alone over sequences (Normal over (B, L, A)): PPO's imitation term on demonstrated
+        windows, which hold the student's obs group but not the critic's privileged one."""
+        dist, _ = self.student.forward_sequence(obs_seq, starts, memory0)
+        return dist

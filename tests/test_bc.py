@@ -171,7 +171,7 @@ def test_loss_falls_on_a_tiny_dataset(dataset):
 def test_normaliser_comes_from_the_training_split(trained, dataset):
     run_dir, result = trained
     ckpt = torch.load(run_dir / "student.pt", weights_only=True)
-    from bc.data import read_policy_arrays
+    from datasets.arrays import read_policy_arrays
     from datasets.store import EpisodeStore
     from envs.base import ObsSpec
     arrays = read_policy_arrays(EpisodeStore.open(dataset), ObsSpec.from_dict(ckpt["obs_spec"]))

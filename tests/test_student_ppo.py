@@ -1,12 +1,15 @@
 """PPO on a recurrent student with a privileged critic (rl/student_actor_critic.py, rl/ppo.py's sequence path):
 an update's first minibatch recomputes the rollout exactly (ratio 1, KL 0), the critic warm-up leaves the
-student bitwise as it was, and a few iterations on a real env keep actions raw and the log-std free."""
+student bitwise as it was, a few iterations on a real env keep actions raw and the log-std free, and an
+update with demonstrated sequences adds the imitation term without disturbing the rollout's recomputation."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from rl.demo_sequences import DemoSequences
 from rl.networks import split_parameters
 from rl.ppo import PPO, PPOConfig, gaussian_kl
 from rl.recurrent_storage import RecurrentRolloutStorage, RolloutCarry, collect_rollout, memory_env_dims
@@ -139,10 +142,74 @@ def test_a_few_ppo_iterations_keep_actions_raw_and_the_log_std_free(make):
     assert policy.log_std[0] > 2.5 and policy.log_std[1] < -5.5  # moved by PPO, not clamped back
 
 
-def test_imitation_with_a_recurrent_student_is_not_implemented_yet(make):
+def demo_sequences(env, seq_len=4, burn_in=3):
+    """Random demonstrated episodes of the student's group with raw actions outside the env's bounds."""
+    g = torch.Generator().manual_seed(4)
+    steps = 30
+    arrays = {"obs": torch.randn(steps, env.obs_spec.dim("policy"), generator=g).numpy(),
+              "action": (3.0 * torch.randn(steps, env.num_actions, generator=g)).numpy(),
+              "ends": np.array([7, 19, 30])}
+    return DemoSequences(arrays, "policy", seq_len=seq_len, burn_in=burn_in)
+
+
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_an_update_with_demonstrated_sequences_imitates_and_keeps_the_first_ratio_one(make, name):
+    env, policy, storage, carry = setup(make, name)
+    rollout(env, policy, storage, carry, torch.Generator().manual_seed(1))
+    cfg = PPOConfig(bc_coef=0.5, num_epochs=2, num_minibatches=2)
+    evaluate_actor = policy.evaluate_actor
+    rollout_calls, demo_calls = [], []
+
+    def spy_evaluate(obs, memory0=None, starts=None):
+        dist = evaluate_actor(obs, memory0, starts)  # evaluate's own actor pass, not counted as a demo pass
+        rollout_calls.append((dist.mean.detach(), dist.stddev.detach()))
+        return dist, policy.value(obs)
+
+    def spy_actor(obs, memory0=None, starts=None):
+        demo_calls.append((obs["policy"].shape, memory0))
+        return evaluate_actor(obs, memory0, starts)
+
+    policy.evaluate, policy.evaluate_actor = spy_evaluate, spy_actor
+    ppo = PPO(policy, cfg, generator=torch.Generator().manual_seed(2))
+    ppo.set_demonstration_sequences(demo_sequences(env))
+    first = next(storage.sequence_minibatches(cfg.num_minibatches, cfg.num_epochs, torch.Generator().manual_seed(2)))
+    stats = ppo.update(storage)
+    assert stats["imitation_loss"] > 0 and all(math.isfinite(v) for v in stats.values())
+    # one demonstrated pass per minibatch, as many windows of burn_in + seq_len as the minibatch has sequences
+    sequences = storage.J * storage.N // cfg.num_minibatches
+    assert len(demo_calls) == cfg.num_epochs * cfg.num_minibatches
+    assert all(shape[:2] == (sequences, 3 + 4) and memory0 is None for shape, memory0 in demo_calls)
+    mean, std = rollout_calls[0]  # the first minibatch, before any step: the rollout's distributions
+    log_probs = torch.distributions.Normal(mean, std).log_prob(first["actions"]).sum(-1)
+    assert (log_probs - first["log_probs"]).abs().max() < 1e-5
+
+
+def test_single_demonstrated_pairs_for_a_recurrent_student_are_refused(make):
     env, policy, storage, carry = setup(make, "rnn")
     rollout(env, policy, storage, carry, torch.Generator().manual_seed(1))
     ppo = PPO(policy, PPOConfig(bc_coef=0.1, num_epochs=1, num_minibatches=1))
     ppo.set_demonstrations({"policy": carry.obs["policy"]}, torch.zeros(N, env.num_actions))
-    with pytest.raises(NotImplementedError, match="later slice"):
+    with pytest.raises(ValueError, match="set_demonstration_sequences"):
         ppo.update(storage)
+
+
+def test_the_student_acts_as_deployed_in_train_mode_so_its_previous_action_dropout_does_not_break_ratio_one(make):
+    env = make("pick_loose", num_envs=N, episode_length=EPISODE, num_threads=1)
+    obs = env.reset(seed=0)
+    torch.manual_seed(0)
+    student = build_student("transformer", env.obs_spec, {**SMALL, "action_dim": env.num_actions,
+                                                          "prev_action": "dropout", "prev_action_p": 0.5})
+    policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=[32])
+    inputs = {**obs, "prev_action": torch.randn(N, env.num_actions)}
+
+    def two_means():
+        return [policy.act(inputs)[0].mean for _ in range(2)]
+
+    policy.train()
+    assert policy.training and not policy.student.training
+    a, b = two_means()
+    assert torch.equal(a, b)  # no dropout draw: a rollout and its recomputation see the same network
+    student.train()  # the control: in its own train mode the student drops the previous action at random
+    torch.manual_seed(1)
+    draws = [policy.act(inputs)[0].mean for _ in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])

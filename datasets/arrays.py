@@ -1,0 +1,30 @@
+"""The arrays a policy learns from, read in place from a zarr store: one obs group, the raw actions,
+the perturbation flags and the episode ends.
+
+Shared by behaviour cloning (bc/data.py) and the fine-tuning stage's imitation term
+(rl/demo_sequences.py), which must not import each other: both read the same columns in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from datasets.store import EpisodeStore
+from envs.base import ConfigError, ObsSpec
+
+
+def read_policy_arrays(store: EpisodeStore, spec: ObsSpec, group: str = "policy") -> dict[str, np.ndarray]:
+    """obs (T, D) float32 in the spec's column order, action (T, A), perturbed (T,) bool, ends (E,)."""
+    cols = []
+    for term in spec.groups[group]:
+        name = f"data/obs/{group}/{term.entity}_{term.name}"
+        values = store.read(name)
+        if values.shape[1:] != (term.end - term.start,):
+            raise ConfigError(f"{store.path}: {name} has shape {values.shape}, the obs spec says width "
+                              f"{term.end - term.start}; re-collect the dataset")
+        cols.append(values.astype(np.float32))
+    names = store.data_names()
+    flags = [store.read(f"data/{n}").astype(bool) for n in names if n.startswith("perturbation/")]
+    steps = store.num_steps
+    return {"obs": np.concatenate(cols, 1), "action": store.read("data/action").astype(np.float32),
+            "perturbed": np.any(flags, 0) if flags else np.zeros(steps, bool), "ends": store.episode_ends}
