@@ -257,6 +257,7 @@ class FinetuneSchema:
     dataset: str | None = MISSING
     resume: bool = MISSING
     critic: str = spec(choices=("shared", "privileged"))
+    value_grad_to_trunk: bool = MISSING
     advantage: str = spec(choices=("gae", "group"))
     group_size: int = count()
     num_envs: int = count()
@@ -267,6 +268,7 @@ class FinetuneSchema:
     critic_warmup_iterations: int = spec(ge=0)
     actor_learning_rate: float = positive()
     critic_hidden: list[int] = MISSING
+    init_std: float | None = spec(None, gt=0.0)
     demo_reset_prob: float = rate()
     imitation_burn_in: int = spec(ge=0)
     progress: bool = MISSING

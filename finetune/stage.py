@@ -63,10 +63,18 @@ def run(cfg) -> dict:
     if not resume:
         output_path(cfg, STATE_NAME)  # refuse to replace another run's state (overwrite=true replaces it)
 
+    if f.init_std is not None:
+        # BC's std is the demonstrations' spread around its mean (1.15 on PickLoose, in raw action units):
+        # sampled at that width the student succeeded 10% of the time against 63% deterministically, so
+        # PPO would learn about another policy than the deployed one. A fresh start for the free
+        # log-std (as the teacher's warm start does), never a bound on it.
+        with torch.no_grad():
+            student.head.log_std.fill_(float(f.init_std)).log_()
     env = make_env(env_config_with(cfg.env, f.train_perturbations, num_envs=int(f.num_envs)))
     check_obs_spec(info, env, [student.cfg.group], init_path)
     torch.manual_seed(int(cfg.seed))
-    policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden))
+    policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden),
+                                critic=str(f.critic), value_grad_to_trunk=bool(f.value_grad_to_trunk))
     ppo_cfg = PPOConfig(**OmegaConf.to_container(f.ppo, resolve=True))
     dataset = _dataset_path(f, info)
     logger = MetricsLogger(out, "finetune", cfg.logger.mode, cfg.logger.project,
