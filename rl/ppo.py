@@ -66,13 +66,17 @@ def adapt_learning_rate(lr: float, kl: float, cfg: PPOConfig) -> float:
 
 def valid_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Mean of x (B,) or (B, L) over its valid elements (``valid`` of x's shape; None: all of them, the
-    plain mean, so a rollout without masked steps is computed exactly as before)."""
-    return x.mean() if valid is None else x[valid].mean()
+    plain mean, so a rollout without masked steps is computed exactly as before). Selected, not
+    multiplied by the mask: a masked element gives no gradient even where it is huge. A minibatch of
+    masked steps only (late sequences of envs that finished early) gives 0, not the NaN of an empty mean."""
+    if valid is None:
+        return x.mean()
+    return x[valid].sum() / valid.sum().clamp_min(1)
 
 
-def bounds_loss(mean: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of sum over actions of relu(|mu| - bound)^2: zero (and no gradient) inside."""
-    return torch.relu(mean.abs() - bound).pow(2).sum(-1).mean()
+def bounds_loss(mean: torch.Tensor, bound: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the (valid) batch of sum over actions of relu(|mu| - bound)^2: zero (and no gradient) inside."""
+    return valid_mean(torch.relu(mean.abs() - bound).pow(2).sum(-1), valid)
 
 
 class PPO:
@@ -148,8 +152,8 @@ class PPO:
         masked = not bool(storage.valid.all())
         all_valid = storage.valid if masked else None
         if use_critic:
-            adv_mean = valid_mean(storage.advantages, all_valid)
-            adv_std = (storage.advantages.std() if all_valid is None else storage.advantages[all_valid].std()) + 1e-8
+            kept = storage.advantages if all_valid is None else storage.advantages[all_valid]
+            adv_mean, adv_std = kept.mean(), kept.std() + 1e-8
         for batch in self._minibatches(storage):
             valid = batch["valid"] if masked else None  # (B,) or (B, L) bool
             if use_critic:
@@ -189,7 +193,7 @@ class PPO:
                 if imitation is not None:
                     loss = loss + imitation
                 if cfg.bounds_coef > 0:
-                    bounds = bounds_loss(dist.mean if valid is None else dist.mean[valid])
+                    bounds = bounds_loss(dist.mean, valid=valid)
                     loss = loss + cfg.bounds_coef * bounds
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
@@ -217,8 +221,7 @@ class PPO:
                          "grad_norm": total_norm,
                          "imitation_loss": loss.new_zeros(()) if imitation is None else imitation,
                          # logged whether or not it is in the loss: how far past the bounds the mean sits
-                         "bounds_loss": (bounds_loss(dist.mean if valid is None else dist.mean[valid])
-                                         if bounds is None else bounds)}
+                         "bounds_loss": bounds_loss(dist.mean, valid=valid) if bounds is None else bounds}
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v.detach().clone()
             n_batches += 1

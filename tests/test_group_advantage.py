@@ -11,7 +11,7 @@ import torch
 from envs.base import ConfigError
 from rl.group_advantage import first_episode_mask, group_advantages, group_targets
 from rl.networks import MLPActorCritic, MLPPolicyConfig
-from rl.ppo import PPO, PPOConfig
+from rl.ppo import PPO, PPOConfig, valid_mean
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.student.model import build_student
 from rl.student_actor_critic import StudentActorCritic
@@ -81,6 +81,9 @@ def test_steps_after_the_first_done_are_masked_and_returns_are_episode_sums():
     assert adv[0, 0] > 0 > adv[0, 1] and torch.equal(adv[~valid], torch.zeros(3))
     with pytest.raises(RuntimeError, match="did not finish"):
         group_targets(rewards, torch.zeros(4, 2, dtype=torch.bool), 2)
+    # the update's means: over the valid steps only, and 0 (not NaN) for a minibatch with none
+    assert valid_mean(rewards, valid) == (1 + 2 + 0.5 * 3) / 5
+    assert valid_mean(rewards, torch.zeros(4, 2, dtype=torch.bool)) == 0
 
 
 def test_the_envs_of_a_group_start_in_exactly_one_state(make):
