@@ -69,9 +69,19 @@ def adapt_learning_rate(lr: float, kl: float, cfg: PPOConfig) -> float:
     return lr
 
 
-def bounds_loss(mean: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of sum over actions of relu(|mu| - bound)^2: zero (and no gradient) inside."""
-    return torch.relu(mean.abs() - bound).pow(2).sum(-1).mean()
+def valid_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x (B,) or (B, L) over its valid elements (``valid`` of x's shape; None: all of them, the
+    plain mean, so a rollout without masked steps is computed exactly as before). Selected, not
+    multiplied by the mask: a masked element gives no gradient even where it is huge. A minibatch of
+    masked steps only (late sequences of envs that finished early) gives 0, not the NaN of an empty mean."""
+    if valid is None:
+        return x.mean()
+    return x[valid].sum() / valid.sum().clamp_min(1)
+
+
+def bounds_loss(mean: torch.Tensor, bound: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the (valid) batch of sum over actions of relu(|mu| - bound)^2: zero (and no gradient) inside."""
+    return valid_mean(torch.relu(mean.abs() - bound).pow(2).sum(-1), valid)
 
 
 class PPO:
@@ -150,15 +160,21 @@ class PPO:
                              "use set_demonstration_sequences(DemoSequences(...))")
         return storage.sequence_minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator)
 
-    def update(self, storage: RolloutStorage | RecurrentRolloutStorage, update_actor: bool = True) -> dict:
+    def update(self, storage: RolloutStorage | RecurrentRolloutStorage, update_actor: bool = True,
+               use_critic: bool = True) -> dict:
         """One PPO update. ``update_actor=False`` trains only the critic (critic warm-up on a frozen
         pretrained actor: a fresh critic's advantages would otherwise wreck the actor first).
+        ``use_critic=False``: the stored advantages came without a critic, already normalised
+        (group-relative, rl/group_advantage.py): no value loss and no rollout-wide normalisation.
 
         The minibatches are flat (B,) steps, or (B, L) sequences for a recurrent policy: every loss below
-        is a mean over all their elements, so it reads the same either way."""
+        is a mean over their valid elements (``storage.valid``: all unless a group rollout masked the
+        steps after an env's first done), so it reads the same either way."""
         cfg = self.cfg
         if hasattr(self.policy, "set_update_actor"):  # a critic on the actor's trunk: none of its gradient in warm-up
             self.policy.set_update_actor(update_actor)
+        if not (use_critic or update_actor):
+            raise ValueError("an update without the critic and without the actor trains nothing")
         named = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
         # Statistics stay on the device as tensors and are fetched once per update: an .item() per
         # parameter and minibatch is a host sync each, which costs a lot on a GPU.
@@ -168,16 +184,25 @@ class PPO:
         grad_max = torch.zeros(len(named), device=device)  # (P,) max over minibatches
         has_grad = [False] * len(named)
         n_batches = 0
-        adv_mean, adv_std = storage.advantages.mean(), storage.advantages.std() + 1e-8
+        # One host sync per update: with nothing masked every mean is the plain one (bit for bit as before).
+        masked = not bool(storage.valid.all())
+        all_valid = storage.valid if masked else None
+        if use_critic:
+            kept = storage.advantages if all_valid is None else storage.advantages[all_valid]
+            adv_mean, adv_std = kept.mean(), kept.std() + 1e-8
         for batch in self._minibatches(storage):
-            advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,) or (B, L), normalised over the rollout
+            valid = batch["valid"] if masked else None  # (B,) or (B, L) bool
+            if use_critic:
+                advantages = (batch["advantages"] - adv_mean) / adv_std  # (B,) or (B, L), normalised over the rollout
+            else:
+                advantages = batch["advantages"]  # group-normalised already
             # a sequence batch also holds the memory before each sequence and the episode starts
             dist, values = self.policy.evaluate(batch["obs"], batch.get("memory0"), batch.get("starts"))
             log_probs = dist.log_prob(batch["actions"]).sum(-1)  # (B,) or (B, L) of the raw actions
-            entropy = dist.entropy().sum(-1).mean()
+            entropy = valid_mean(dist.entropy().sum(-1), valid)
 
             with torch.no_grad():
-                kl_t = gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev).mean()
+                kl_t = valid_mean(gaussian_kl(batch["means"], batch["stds"], dist.mean, dist.stddev), valid)
             if cfg.schedule == "adaptive" and update_actor:
                 # the one host sync per minibatch that the schedule needs (as rsl_rl)
                 self.set_learning_rate(adapt_learning_rate(self.learning_rate, kl_t.item(), cfg))
@@ -185,14 +210,16 @@ class PPO:
             ratio = torch.exp(log_probs - batch["log_probs"])  # (B,) or (B, L)
             surrogate = -advantages * ratio
             surrogate_clipped = -advantages * torch.clamp(ratio, 1.0 - cfg.clip_param, 1.0 + cfg.clip_param)
-            policy_loss = torch.max(surrogate, surrogate_clipped).mean()
+            policy_loss = valid_mean(torch.max(surrogate, surrogate_clipped), valid)
 
             returns, old_values = batch["returns"], batch["values"]
-            if cfg.use_clipped_value_loss:
+            if not use_critic:
+                value_loss = values.new_zeros(())  # no critic: no value loss (and no gradient to it)
+            elif cfg.use_clipped_value_loss:
                 values_clipped = old_values + (values - old_values).clamp(-cfg.clip_param, cfg.clip_param)
-                value_loss = torch.max((values - returns).pow(2), (values_clipped - returns).pow(2)).mean()
+                value_loss = valid_mean(torch.max((values - returns).pow(2), (values_clipped - returns).pow(2)), valid)
             else:
-                value_loss = (values - returns).pow(2).mean()
+                value_loss = valid_mean((values - returns).pow(2), valid)
 
             loss = cfg.value_loss_coef * value_loss
             imitation = bounds = None
@@ -202,7 +229,7 @@ class PPO:
                 if imitation is not None:
                     loss = loss + imitation
                 if cfg.bounds_coef > 0:
-                    bounds = bounds_loss(dist.mean)
+                    bounds = bounds_loss(dist.mean, valid=valid)
                     loss = loss + cfg.bounds_coef * bounds
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite PPO loss (policy {policy_loss.item()}, value {value_loss.item()}); "
@@ -226,11 +253,11 @@ class PPO:
 
             with torch.no_grad():
                 stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "kl": kl_t,
-                         "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_param).float().mean(),
+                         "clip_fraction": valid_mean(((ratio - 1.0).abs() > cfg.clip_param).float(), valid),
                          "grad_norm": total_norm,
                          "imitation_loss": loss.new_zeros(()) if imitation is None else imitation,
                          # logged whether or not it is in the loss: how far past the bounds the mean sits
-                         "bounds_loss": bounds_loss(dist.mean) if bounds is None else bounds}
+                         "bounds_loss": bounds_loss(dist.mean, valid=valid) if bounds is None else bounds}
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v.detach().clone()
             n_batches += 1
@@ -242,8 +269,10 @@ class PPO:
         out.update({f"grad_max/{name}": v for (name, _), v, ok in zip(named, mx_all, present) if ok})
         out["learning_rate"] = self.learning_rate
         self.actor_updates += int(update_actor)
-        returns = storage.returns.flatten()
-        residual = (returns - storage.values.flatten()).var()
-        out["explained_variance"] = float(1.0 - residual / returns.var()) if returns.var() > 0 else math.nan
+        returns = storage.returns.flatten() if all_valid is None else storage.returns[all_valid]
+        values = storage.values.flatten() if all_valid is None else storage.values[all_valid]
+        residual = (returns - values).var()
+        explained = float(1.0 - residual / returns.var()) if returns.var() > 0 else math.nan
+        out["explained_variance"] = explained if use_critic else math.nan  # no critic to explain anything
         out["returns_var"] = returns.var().item()
         return out

@@ -127,7 +127,7 @@ class RecurrentRolloutStorage(RolloutStorage):
         """Per epoch, the J*N sequences shuffled into ``num_minibatches`` minibatches (sizes differ by at
         most one), each sequence in exactly one. Batch-first, as ``forward_sequence`` reads it:
         obs groups (B, L, D), actions/means/stds (B, L, A), log_probs/values/returns/advantages (B, L),
-        starts (B, L) bool, memory0: the stored memory of those B sequences (None for an MLP)."""
+        starts and valid (B, L) bool, memory0: the stored memory of those B sequences (None for an MLP)."""
         if self.step != self.T:
             raise RuntimeError(f"rollout incomplete: {self.step} of {self.T} steps stored")
         total = self.J * self.N
@@ -139,6 +139,7 @@ class RecurrentRolloutStorage(RolloutStorage):
             "log_probs": self._sequences(self.log_probs), "means": self._sequences(self.means),
             "stds": self._sequences(self.stds), "advantages": self._sequences(self.advantages),
             "returns": self._sequences(self.returns), "starts": self._sequences(self.starts),
+            "valid": self._sequences(self.valid),
         }
         memory = stack_memory(self.memories, self.memory_dims)  # J*N rows on each field's env dim
         for _ in range(num_epochs):

@@ -9,6 +9,11 @@ A recurrent policy (a student, rl/student_actor_critic.py) is rolled out by
 ``rl.recurrent_storage.collect_rollout`` into sequences of ``seq_len`` steps with the memory each starts
 from; the runner carries the memory and the previous action from rollout to rollout, and a checkpoint
 carries them too (with the storage's episode-start flags), so its resume is exact as well.
+
+``advantage="group"`` (rl/group_advantage.py): every rollout starts groups of ``group_size`` envs from one
+state each, masks each env's steps after its first done, and gives PPO group-relative advantages; the
+critic is neither used nor trained. ``group_start(env, leader_ids)`` may set the leaders' states (demo
+states); ``on_reset`` and the critic warm-up have no place there and are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rl.group_advantage import group_targets, reset_groups
 from rl.ppo import PPO, NonFiniteError, PPOConfig
 from rl.recurrent_storage import (
     RecurrentRolloutStorage,
@@ -52,13 +58,42 @@ class RunnerConfig:
     # started at 1e-3 moved by a KL of ~13 in its first update, which undid the imitation.
     actor_start_learning_rate: float | None = None
     seq_len: int = 8  # recurrent policies: steps per stored sequence (num_steps_per_env must be a multiple)
+    advantage: str = "gae"  # gae (critic) | group (GRPO style, no critic: rl/group_advantage.py)
+    group_size: int = 8  # advantage=group: envs per group (num_envs must be a multiple)
+
+
+def check_advantage_config(cfg: RunnerConfig, env, on_reset=None, group_start=None) -> None:
+    """One clear ConfigError for a group setting that cannot work."""
+    from envs.base import ConfigError
+
+    if cfg.advantage not in ("gae", "group"):
+        raise ConfigError(f"advantage={cfg.advantage!r}; choose gae or group")
+    if cfg.advantage == "gae":
+        if group_start is not None:
+            raise ConfigError("a group_start hook needs advantage=group (it sets the state each group starts from)")
+        return
+    if cfg.group_size < 2 or env.num_envs % cfg.group_size:
+        raise ConfigError(f"advantage=group: group_size={cfg.group_size} with {env.num_envs} envs; use a "
+                          f"group_size >= 2 that divides num_envs")
+    if cfg.num_steps_per_env < env.max_episode_length:
+        raise ConfigError(f"advantage=group: num_steps_per_env={cfg.num_steps_per_env} is shorter than an episode "
+                          f"({env.max_episode_length} steps); every env must finish one per rollout: raise it")
+    if cfg.critic_warmup_iterations > 0:
+        raise ConfigError("advantage=group uses no critic: set critic_warmup_iterations=0")
+    if on_reset is not None:
+        raise ConfigError("advantage=group resets every env at each rollout start: pass the start states as "
+                          "group_start, not on_reset")
 
 
 class OnPolicyRunner:
     def __init__(self, env, policy, ppo_cfg: PPOConfig, cfg: RunnerConfig, logger=None,
                  on_reset: Callable[[object, torch.Tensor, torch.Tensor], bool] | None = None,
-                 checkpoint_meta: dict | None = None, selector=None):
+                 checkpoint_meta: dict | None = None, selector=None,
+                 group_start: Callable[[object, torch.Tensor], None] | None = None):
+        check_advantage_config(cfg, env, on_reset, group_start)
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
+        self.group = cfg.advantage == "group"
+        self.group_start = group_start  # advantage=group: group_start(env, leader_ids) may set the leaders' states
         # selector: due(iteration, last) -> bool and consider(iteration, policy) -> dict of metrics,
         # called before the first update and after due ones, keeps the best weights by its own
         # measure (common/selection.py); state_dict()/load_state_dict() for resume.
@@ -116,6 +151,27 @@ class OnPolicyRunner:
         self._check_rewards(step, rewards)
         return self._episodes_ended(next_obs, dones, extras)
 
+    # ---- advantage=group
+    def _start_groups(self) -> dict:
+        self._active = torch.ones(self.env.num_envs, dtype=torch.bool)  # (N,) not done yet in this rollout
+        return reset_groups(self.env, self.cfg.group_size, self.group_start)
+
+    def _after_group_step(self, step: int, next_obs: dict, rewards, dones, extras) -> dict:
+        """Records only each env's first episode: the later ones are masked and cut by the next reset."""
+        self._check_rewards(step, rewards)
+        first = dones.bool() & self._active
+        self._active &= ~dones.bool()
+        return self._episodes_ended(next_obs, first, extras)  # on_reset is None here: it only records
+
+    def _set_group_targets(self) -> dict:
+        storage = self.storage
+        valid, storage.returns, storage.advantages = group_targets(storage.rewards, storage.dones, self.cfg.group_size)
+        storage.valid.copy_(valid)
+        episode_return = storage.returns[0]  # (N,) step 0 is valid for every env: its episode return
+        return {"valid_fraction": valid.float().mean().item(),
+                # 0: every group's G episodes returned the same, so the update has nothing to learn from
+                "group_return_std": episode_return.reshape(-1, self.cfg.group_size).std(1, correction=0).mean().item()}
+
     @torch.no_grad()
     def collect_rollout(self) -> dict:
         if self.recurrent:
@@ -123,14 +179,22 @@ class OnPolicyRunner:
         else:
             self._collect_mlp()
         storage, policy = self.storage, self.policy
+        group_stats = self._set_group_targets() if self.group else {}
         actions = storage.actions.reshape(-1, storage.actions.shape[-1])
-        return {"action_std": actions.std(0).mean().item(),
+        return {**group_stats, "action_std": actions.std(0).mean().item(),
                 "action_mean_spread": storage.means.reshape(actions.shape).std(0).mean().item(),
                 "policy_std": policy.log_std.exp().mean().item(),
                 "actions_outside_bounds": (actions.abs() > 1.0).float().mean().item()}
 
     def _collect_recurrent(self) -> None:
         gamma = self.ppo.cfg.gamma
+        if self.group:
+            # a fresh memory and previous action (RolloutCarry's None) and episode starts at t = 0 for all
+            self.storage.prev_done.fill_(True)
+            carry = collect_rollout(self.env, self.policy, self.storage, RolloutCarry(self._start_groups()),
+                                    self.action_gen, value_fn=None, on_step=self._after_group_step)
+            self.obs, self.memory, self.prev_action = carry.obs, carry.memory, carry.prev_action
+            return
         carry = RolloutCarry(self.obs, self.memory, self.prev_action)
         carry = collect_rollout(self.env, self.policy, self.storage, carry, self.action_gen, value_fn=self.policy.value,
                                 gamma=gamma, on_step=self._after_step)
@@ -139,13 +203,17 @@ class OnPolicyRunner:
 
     def _collect_mlp(self) -> None:
         env, policy, storage, gamma = self.env, self.policy, self.storage, self.ppo.cfg.gamma
-        obs = self.obs
+        obs = self._start_groups() if self.group else self.obs
         for step in range(self.cfg.num_steps_per_env):
             dist, _ = policy.act(obs)
             actions = self._sample(dist)  # (N, A)
-            values = policy.value(obs)  # (N,)
+            values = dist.mean.new_zeros(env.num_envs) if self.group else policy.value(obs)  # (N,)
             log_probs = dist.log_prob(actions).sum(-1)
             next_obs, rewards, dones, extras = env.step(actions)
+            if self.group:  # no critic, no bootstrap: the return is the episode's reward sum
+                storage.add(obs, actions, rewards.clone(), dones, values, log_probs, dist.mean, dist.stddev)
+                obs = self._after_group_step(step, next_obs, rewards, dones, extras)
+                continue
             self._check_rewards(step, rewards)
             rewards = rewards.clone()
             time_outs = extras["time_outs"]
@@ -157,7 +225,8 @@ class OnPolicyRunner:
             storage.add(obs, actions, rewards, dones, values, log_probs, dist.mean, dist.stddev)
             obs = self._episodes_ended(next_obs, dones, extras)
         self.obs = obs
-        storage.compute_returns(policy.value(obs), gamma, self.ppo.cfg.lam)
+        if not self.group:
+            storage.compute_returns(policy.value(obs), gamma, self.ppo.cfg.lam)
 
     # ------------------------------------------------------------------ loop
     def learn(self, num_iterations: int | None = None, checkpoint_path: Path | None = None,
@@ -165,7 +234,7 @@ class OnPolicyRunner:
         total = num_iterations if num_iterations is not None else self.cfg.num_iterations
         if self.obs is None:
             self.obs = self.env.reset(seed=self.cfg.seed)
-            if self.cfg.random_initial_lengths:
+            if self.cfg.random_initial_lengths and not self.group:  # groups reset at every rollout start
                 g = torch.Generator().manual_seed(self.cfg.seed + 2)
                 self.env.episode_length_buf = torch.randint(0, self.env.max_episode_length, (self.env.num_envs,),
                                                             generator=g)
@@ -184,7 +253,9 @@ class OnPolicyRunner:
                 warming_up = self.iteration < self.cfg.critic_warmup_iterations
                 if self.iteration == self.cfg.critic_warmup_iterations and self.cfg.actor_start_learning_rate:
                     self.ppo.set_learning_rate(self.cfg.actor_start_learning_rate)
-                update_stats = self.ppo.update(self.storage, update_actor=not warming_up)
+                # (the gae call keeps its old signature: wrappers of ppo.update in the tests stay valid)
+                no_critic = {"use_critic": False} if self.group else {}
+                update_stats = self.ppo.update(self.storage, update_actor=not warming_up, **no_critic)
                 # After the update, so the update saw the same normalisation the rollout was sampled with.
                 self.policy.update_normalizers({k: v.reshape(-1, v.shape[-1]) for k, v in self.storage.obs.items()})
                 self.storage.clear()

@@ -27,6 +27,9 @@ class RolloutStorage:
         self.stds = torch.zeros(T, N, action_dim, device=device)
         self.advantages = torch.zeros(T, N, device=device)
         self.returns = torch.zeros(T, N, device=device)
+        # (T, N) steps the update learns from: all by default (GAE); a group rollout masks each env's
+        # steps after its first done (rl/group_advantage.py). Reset to all True by clear().
+        self.valid = torch.ones(T, N, dtype=torch.bool, device=device)
         self.step = 0
 
     def add(self, obs: dict, actions, rewards, dones, values, log_probs, means, stds) -> None:
@@ -41,6 +44,7 @@ class RolloutStorage:
 
     def clear(self) -> None:
         self.step = 0
+        self.valid.fill_(True)
 
     def compute_returns(self, last_values: torch.Tensor, gamma: float, lam: float) -> None:
         self.advantages, self.returns = gae(self.rewards, self.values, self.dones, last_values, gamma, lam)
@@ -55,7 +59,7 @@ class RolloutStorage:
             "actions": self.actions.reshape(total, -1), "values": self.values.reshape(total),
             "log_probs": self.log_probs.reshape(total), "means": self.means.reshape(total, -1),
             "stds": self.stds.reshape(total, -1), "advantages": self.advantages.reshape(total),
-            "returns": self.returns.reshape(total),
+            "returns": self.returns.reshape(total), "valid": self.valid.reshape(total),
         }
         for _ in range(num_epochs):
             order = torch.randperm(total, generator=generator)
