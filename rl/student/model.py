@@ -74,6 +74,10 @@ class BlockMemory:
             return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), b, a)
         return BlockMemory(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
+    def put(self, rows: torch.Tensor, other: BlockMemory) -> BlockMemory:
+        """Rows ``rows`` (n,) long from ``other`` (n rows), the rest from self: out of place, autograd-safe."""
+        return BlockMemory(*(getattr(self, f.name).index_put((rows,), getattr(other, f.name)) for f in fields(self)))
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: HistoryConfig):
@@ -234,7 +238,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
         """Finished envs (done (N,) bool) start over: zero memory, empty cache, counter 0."""
         if not bool(done.any()):
             return memory
-        return memory.select(done.to(memory.count.device), self.initial_memory(done.shape[0], memory.tokens.device))
+        # every row of a fresh memory is the same: one row's memory pass, broadcast by select's where
+        return memory.select(done.to(memory.count.device), self.initial_memory(1, memory.tokens.device))
 
     # ---- the one computation both modes share ---------------------------------------------------
     def _step_tokens(self, obs: dict) -> torch.Tensor:
@@ -289,9 +294,17 @@ class HistoryTransformer(StudentMixin, nn.Module):
         new = BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count)
 
         full = count == K  # (B,) blocks that just completed: write the memory, start a fresh block
-        if bool(full.any()):
+        if bool(full.all()):
             tokens = self._write(memory.tokens, new.k[:, :, :, M:], new.v[:, :, :, M:]) if M > 0 else memory.tokens
-            new = new.select(full, self._fresh(tokens))
+            new = self._fresh(tokens)
+        elif bool(full.any()):
+            # the write and memory passes of the completed rows only: envs desynchronised by their resets
+            # complete blocks at different steps, so a rollout step has a few full rows, not all
+            rows = full.nonzero()[:, 0]  # (n,)
+            tokens = memory.tokens[rows]  # (n, M, D)
+            if M > 0:
+                tokens = self._write(tokens, new.k[rows, :, :, M:], new.v[rows, :, :, M:])
+            new = new.put(rows, self._fresh(tokens))
         return out, new
 
     # ---- the policy interface -------------------------------------------------------------------
