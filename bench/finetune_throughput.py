@@ -125,51 +125,88 @@ class Side:
         return {k: statistics.median(r[k] for r in self.rounds) for k in self.rounds[0]}
 
 
-# (label, function name, file fragment): what the student's iteration spends its time in (cumulative)
-PROFILE_KEYS = [
-    ("rollout", "_collect_recurrent", "rl/runner.py"),
-    ("rollout/env.step", "step", "envs/mujoco/vec_env.py"),
-    ("rollout/student.act", "act", "rl/student/model.py"),
-    ("rollout/critic.value", "value", "rl/student_actor_critic.py"),
-    ("rollout/storage.add", "add", "rl/recurrent_storage.py"),
-    ("rollout/storage.add_memory", "add_memory", "rl/recurrent_storage.py"),
-    ("rollout/reset_memory", "reset_memory", "rl/student/model.py"),
-    ("rollout/initial_memory", "initial_memory", "rl/student/model.py"),
-    ("rollout/compute_returns", "compute_returns", "rl/storage.py"),
-    ("update", "update", "rl/ppo.py"),
-    ("update/minibatches", "sequence_minibatches", "rl/recurrent_storage.py"),
-    ("update/stack_memory", "stack_memory", "rl/recurrent_storage.py"),
-    ("update/index_memory", "index_memory", "rl/recurrent_storage.py"),
-    ("update/evaluate", "evaluate", "rl/student_actor_critic.py"),
-    ("update/forward_sequence", "forward_sequence", "rl/student/model.py"),
-    ("update/_advance", "_advance", "rl/student/model.py"),
-    ("update/_write", "_write", "rl/student/model.py"),
-    ("update/_fresh", "_fresh", "rl/student/model.py"),
-    ("update/backward", "backward", "torch/_tensor.py"),
-    ("update/clip_grad_norm_", "clip_grad_norm_", "torch/nn/utils/clip_grad.py"),
-    ("update/optimizer.step", "wrapper", "torch/optim/optimizer.py"),
-    ("update_normalizers", "update_normalizers", "rl/student_actor_critic.py"),
+# (label, function name, file fragment): where each phase of the student's iteration goes (cumulative
+# seconds, so a nested entry is a part of the one it sits in)
+ROLLOUT_KEYS = [
+    ("env.step", "step", "envs/mujoco/vec_env.py"),
+    ("student.act (per-step pass)", "act", "rl/student/model.py"),
+    ("  _advance", "_advance", "rl/student/model.py"),
+    ("  _write (block ends)", "_write", "rl/student/model.py"),
+    ("  _fresh (memory pass)", "_fresh", "rl/student/model.py"),
+    ("reset_memory", "reset_memory", "rl/student/model.py"),
+    ("critic value", "value", "rl/student_actor_critic.py"),
+    ("storage.add", "add", "rl/recurrent_storage.py"),
+    ("storage.add_memory", "add_memory", "rl/recurrent_storage.py"),
+    ("compute_returns", "compute_returns", "rl/storage.py"),
+]
+UPDATE_KEYS = [
+    ("sequence_minibatches", "sequence_minibatches", "rl/recurrent_storage.py"),
+    ("  stack_memory", "stack_memory", "rl/recurrent_storage.py"),
+    ("  index_memory", "index_memory", "rl/recurrent_storage.py"),
+    ("evaluate", "evaluate", "rl/student_actor_critic.py"),
+    ("  forward_sequence", "forward_sequence", "rl/student/model.py"),
+    ("    _advance (rounds)", "_advance", "rl/student/model.py"),
+    ("    _write (block ends)", "_write", "rl/student/model.py"),
+    ("    _fresh (memory pass)", "_fresh", "rl/student/model.py"),
+    ("    reset_memory", "reset_memory", "rl/student/model.py"),
+    ("  critic value", "value", "rl/student_actor_critic.py"),
+    ("backward", "backward", "torch/_tensor.py"),
+    ("clip_grad_norm_", "clip_grad_norm_", "torch/nn/utils/clip_grad.py"),
+    ("optimizer.step", "wrapper", "torch/optim/optimizer.py"),
 ]
 
 
-def profile_student(side: Side, iterations: int, top: int = 25) -> dict:
-    """cProfile over ``iterations`` of the student's PPO: seconds per iteration in each PROFILE_KEYS
-    entry (cumulative, so nested entries are parts of their parent) and the top functions by own time."""
-    prof = cProfile.Profile()
-    prof.enable()
-    side.run(iterations)
-    prof.disable()
-    stats = pstats.Stats(prof)
-    table: dict[str, dict] = {}
-    for label, name, fragment in PROFILE_KEYS:
-        hits = [(v[1], v[3]) for (file, _, fn), v in stats.stats.items() if fn == name and fragment in file]
-        if hits:  # (calls, cumulative s); a function met again inside itself is counted once by cProfile
+def _table(prof: cProfile.Profile, keys: list, iterations: int) -> dict:
+    stats = pstats.Stats(prof).stats
+    table = {}
+    for label, name, fragment in keys:
+        hits = [(v[1], v[3]) for (file, _, fn), v in stats.items() if fn == name and fragment in file]
+        if hits:  # (calls, cumulative s)
             table[label] = {"s_per_iteration": sum(h[1] for h in hits) / iterations,
                             "calls_per_iteration": sum(h[0] for h in hits) / iterations}
-    own = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    tottime = [{"function": f"{Path(file).name}:{line}({fn})", "tottime_per_iteration": v[2] / iterations,
-                "calls_per_iteration": v[1] / iterations} for (file, line, fn), v in own]
-    return {"iterations": iterations, "cumulative": table, "top_own_time": tottime}
+    total = sum(v[2] for v in stats.values()) / iterations  # every function's own time: the phase's total
+    return {"total_s_per_iteration": total, **table}
+
+
+def profile_student(side: Side, iterations: int) -> dict:
+    """cProfile over ``iterations`` of the student's PPO, the rollout and the update apart (seconds per
+    iteration in the ROLLOUT_KEYS / UPDATE_KEYS entries), and the padding of the update's lockstep
+    rounds: the share of the (B, L) step slots ``_advance`` computed that were real steps."""
+    runner, student = side.runner, side.runner.policy.student
+    profs = {"rollout": cProfile.Profile(), "update": cProfile.Profile()}
+    slots = {"computed": 0, "valid": 0}
+    phase = {"now": None}
+
+    def timed(name, fn):
+        def call(*a, **k):
+            phase["now"] = name
+            profs[name].enable()
+            try:
+                return fn(*a, **k)
+            finally:
+                profs[name].disable()
+                phase["now"] = None
+        return call
+
+    advance = student._advance
+
+    def counted(chunk, length, memory, t_idx=None):
+        if phase["now"] == "update":
+            slots["computed"] += chunk.shape[0] * chunk.shape[1]
+            slots["valid"] += int(length.sum())
+        return advance(chunk, length, memory, t_idx)
+
+    runner.collect_rollout = timed("rollout", runner.collect_rollout)
+    runner.ppo.update = timed("update", runner.ppo.update)
+    student._advance = counted
+    try:
+        side.run(iterations)
+    finally:  # the instance attributes shadowed the class's methods: drop them
+        del runner.collect_rollout, runner.ppo.update, student._advance
+    return {"iterations": iterations, "rollout": _table(profs["rollout"], ROLLOUT_KEYS, iterations),
+            "update": _table(profs["update"], UPDATE_KEYS, iterations),
+            "update_real_step_share": slots["valid"] / max(1, slots["computed"]),
+            "note": "cProfile adds overhead per Python call: shares, not absolute times"}
 
 
 def main() -> None:
@@ -235,8 +272,12 @@ def main() -> None:
     profile = profile_student(ours, args.profile) if args.profile > 0 else None
     if profile:
         print(f"ours, cProfile over {args.profile} iterations (s per iteration, cumulative):")
-        for label, row in profile["cumulative"].items():
-            print(f"  {label:<28}{row['s_per_iteration']:>8.3f}  ({row['calls_per_iteration']:.0f} calls)")
+        for phase in ("rollout", "update"):
+            print(f"  {phase}: {profile[phase]['total_s_per_iteration']:.3f} s")
+            for label, row in profile[phase].items():
+                if isinstance(row, dict):
+                    print(f"    {label:<30}{row['s_per_iteration']:>8.3f}  ({row['calls_per_iteration']:.0f} calls)")
+        print(f"  update: real steps in the lockstep rounds' slots {profile['update_real_step_share']:.0%}")
     for side in sides:
         side.env.close()
 
