@@ -209,7 +209,30 @@ def profile_student(side: Side, iterations: int) -> dict:
             "note": "cProfile adds overhead per Python call: shares, not absolute times"}
 
 
-def main() -> None:
+def build_sides(args) -> tuple[Side, Side, str]:
+    """(ours, baseline, where the student came from): two envs of the same config and seed, one
+    PPOConfig (configs/teacher/ppo.yaml's) and one RunnerConfig for both."""
+    env_cfg = env_config(args.env, args.seed, args.num_envs, args.env_threads)
+    teacher = OmegaConf.create(load_yaml("teacher", "ppo.yaml"))
+    ppo_cfg = PPOConfig(**OmegaConf.to_container(teacher.ppo))
+    run_cfg = RunnerConfig(num_steps_per_env=args.steps_per_env, seq_len=args.seq_len, seed=args.seed,
+                           num_iterations=0, save_every=10 ** 9)
+    torch.manual_seed(args.seed)
+    env = make_env(env_cfg)
+    if args.student is not None:
+        student, _ = load_student(args.student, env_name=env.cfg.name, model_kind="transformer")
+        student.train()  # load_student hands it over in eval mode; PPO trains it
+        origin = str(args.student)
+    else:
+        student = fitted_student(env_cfg, env.obs_spec, env.num_actions, args.fit_steps, args.seed)
+        origin = "fresh (bc defaults), normaliser fitted on random-action steps"
+    policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(teacher.critic_hidden))
+    base_env = make_env(env_cfg)
+    return (Side("ours", env, policy, ppo_cfg, run_cfg),
+            Side("baseline", base_env, build_policy(base_env, teacher), ppo_cfg, run_cfg), origin)
+
+
+def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="pick_loose", help="configs/env/<name>.yaml")
     p.add_argument("--num-envs", type=int, default=64)
@@ -225,31 +248,17 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N more iterations of ours")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     load_start = os.getloadavg()
 
-    env_cfg = env_config(args.env, args.seed, args.num_envs, args.env_threads)
-    teacher = OmegaConf.create(load_yaml("teacher", "ppo.yaml"))
-    ppo_cfg = PPOConfig(**OmegaConf.to_container(teacher.ppo))
-    run_cfg = RunnerConfig(num_steps_per_env=args.steps_per_env, seq_len=args.seq_len, seed=args.seed,
-                           num_iterations=0, save_every=10 ** 9)
-    torch.manual_seed(args.seed)
-
-    env = make_env(env_cfg)
-    if args.student is not None:
-        student, info = load_student(args.student, env_name=env.cfg.name, model_kind="transformer")
-        student.train()  # load_student hands it over in eval mode; PPO trains it
-        origin = str(args.student)
-    else:
-        student = fitted_student(env_cfg, env.obs_spec, env.num_actions, args.fit_steps, args.seed)
-        origin = "fresh (bc defaults), normaliser fitted on random-action steps"
-    critic_dim = env.obs_spec.dim("privileged")
-    policy = StudentActorCritic(student, critic_dim, critic_hidden=list(teacher.critic_hidden))
-    ours = Side("ours", env, policy, ppo_cfg, run_cfg)
-    base_env = make_env(env_cfg)
-    baseline = Side("baseline", base_env, build_policy(base_env, teacher), ppo_cfg, run_cfg)
+    ours, baseline, origin = build_sides(args)
+    env, ppo_cfg = ours.env, ours.runner.ppo.cfg
     sides = [ours, baseline]
     n_params = {s.name: sum(q.numel() for q in s.runner.policy.parameters()) for s in sides}
     print(f"{env.cfg.name}: {args.num_envs} envs x {args.steps_per_env} steps per iteration, PPO {ppo_cfg.num_epochs} "
@@ -294,7 +303,8 @@ def main() -> None:
         "num_envs": args.num_envs, "steps_per_env": args.steps_per_env, "seq_len": args.seq_len,
         "num_epochs": ppo_cfg.num_epochs, "num_minibatches": ppo_cfg.num_minibatches,
         "warmup": args.warmup, "iterations_per_round": args.iterations, "threads": args.threads,
-        "env_threads": env.cfg.num_threads, "student": origin, "student_cfg": dict(vars(student.cfg)),
+        "env_threads": env.cfg.num_threads, "student": origin,
+        "student_cfg": dict(vars(ours.runner.policy.student.cfg)),
         "parameters": n_params, "loadavg_start": load_start, "loadavg_end": load_end,
         "cpu_count": os.cpu_count(), "profile": profile, "bench_seconds": time.perf_counter() - t_start,
     }
