@@ -74,6 +74,10 @@ class BlockMemory:
             return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), b, a)
         return BlockMemory(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
+    def put(self, rows: torch.Tensor, other: BlockMemory) -> BlockMemory:
+        """Rows ``rows`` (n,) long from ``other`` (n rows), the rest from self: out of place, autograd-safe."""
+        return BlockMemory(*(getattr(self, f.name).index_put((rows,), getattr(other, f.name)) for f in fields(self)))
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: HistoryConfig):
@@ -85,10 +89,13 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, h, store, mask, probe: LayerProbe | None = None):
+    def forward(self, h, store, mask, probe: LayerProbe | None = None, packed: tuple | None = None):
         """h (B, N, D) the normed stream; ``store(k, v)`` puts this layer's own keys/values (B, H, N, Dh)
         where they belong and returns the keys/values to attend over (B, H, C, Dh); mask (B|1, 1, N, C)
-        bool. Returns the branch output (B, N, D)."""
+        bool. Returns the branch output (B, N, D). ``packed`` (rows, cols, B, N): h is (n, D), only the
+        real tokens, token i at (rows[i], cols[i]) of the (B, N) grid; store gets (n, H, Dh)."""
+        if packed is not None:
+            return self._packed(h, store, mask, *packed)
         B, N, D = h.shape
         q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
         q = self.q_norm(q)
@@ -101,6 +108,16 @@ class Attention(nn.Module):
             y = weights @ values
         return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
+    def _packed(self, h, store, mask, rows, cols, B: int, N: int):
+        """The projections on the n real tokens only; the attention on the (B, N) grid (padded queries
+        attend too, their outputs are dropped): a lockstep round's padding costs no projection work."""
+        n, D = h.shape
+        q, k, v = self.qkv(h).view(n, 3, self.n_heads, self.head_dim).unbind(1)  # (n, H, Dh)
+        keys, values = store(self.k_norm(k), v)
+        grid = q.new_zeros(B, N, self.n_heads, self.head_dim).index_put((rows, cols), self.q_norm(q))
+        y = F.scaled_dot_product_attention(grid.transpose(1, 2), keys, values, attn_mask=mask)  # (B, H, N, Dh)
+        return self.proj(y.transpose(1, 2)[rows, cols].reshape(n, D))
+
 
 class Layer(nn.Module):
     """Pre-norm transformer layer whose attention reads what ``store`` gives it (a cache, a context)."""
@@ -112,8 +129,8 @@ class Layer(nn.Module):
         self.attn = Attention(cfg)
         self.fc, self.out = nn.Linear(cfg.d_model, hidden), nn.Linear(hidden, cfg.d_model)
 
-    def forward(self, x, store, mask, probe: LayerProbe | None = None):
-        a = self.attn(self.ln1(x), store, mask, probe)  # (B, N, D) the attention branch
+    def forward(self, x, store, mask, probe: LayerProbe | None = None, packed: tuple | None = None):
+        a = self.attn(self.ln1(x), store, mask, probe, packed)  # (B, N, D) the attention branch
         if probe is not None:
             probe.residual("attn", a, x)
         x = x + a
@@ -234,7 +251,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
         """Finished envs (done (N,) bool) start over: zero memory, empty cache, counter 0."""
         if not bool(done.any()):
             return memory
-        return memory.select(done.to(memory.count.device), self.initial_memory(done.shape[0], memory.tokens.device))
+        # every row of a fresh memory is the same: one row's memory pass, broadcast by select's where
+        return memory.select(done.to(memory.count.device), self.initial_memory(1, memory.tokens.device))
 
     # ---- the one computation both modes share ---------------------------------------------------
     def _step_tokens(self, obs: dict) -> torch.Tensor:
@@ -275,23 +293,40 @@ class HistoryTransformer(StudentMixin, nn.Module):
         if probe is not None:
             probe.begin_chunk(length, L, S, t_idx)
 
-        def write(cache, new):  # cache (B, H, C, Dh), new (B, H, L*S, Dh): out of place, autograd-safe
-            new_rows = new.transpose(1, 2)[b_tok, src]  # (n*S, H, Dh)
+        # A round of forward_sequence pads rows to its longest (about half its slots): then the layers
+        # run on the real tokens only (n*S, D); the probe's measurements read the (B, L*S) grid.
+        packed = (b_tok, src, B, L * S) if probe is None and bool((length < L).any()) else None
+        if packed is not None:
+            x = x[b_tok, src]  # (n*S, D)
+
+        def write(cache, new):  # cache (B, H, C, Dh), new (B, H, L*S, Dh) or packed (n*S, H, Dh): out of place
+            new_rows = new if packed is not None else new.transpose(1, 2)[b_tok, src]  # (n*S, H, Dh)
             return cache.transpose(1, 2).index_put((b_tok, dst), new_rows).transpose(1, 2)
         for i, layer in enumerate(self.virtual_layers):
             def store(k, v, i=i):
                 ks.append(write(memory.k[:, i], k))
                 vs.append(write(memory.v[:, i], v))
                 return ks[-1], vs[-1]
-            x = layer(x, store, mask, probe.layer(self._layer_name(i)) if probe is not None else None)
-        out = self.ln_f(x).view(B, L, S, D)[:, :, -1]  # (B, L, D) the ACT tokens
+            x = layer(x, store, mask, probe.layer(self._layer_name(i)) if probe is not None else None, packed)
+        if packed is not None:  # the real steps' ACT tokens back on the (B, L) grid, zeros in the padding
+            out = x.new_zeros(B, L, D).index_put((b, j), self.ln_f(x).view(-1, S, D)[:, -1])
+        else:
+            out = self.ln_f(x).view(B, L, S, D)[:, :, -1]  # (B, L, D) the ACT tokens
         count = count + length
         new = BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count)
 
         full = count == K  # (B,) blocks that just completed: write the memory, start a fresh block
-        if bool(full.any()):
+        if bool(full.all()):
             tokens = self._write(memory.tokens, new.k[:, :, :, M:], new.v[:, :, :, M:]) if M > 0 else memory.tokens
-            new = new.select(full, self._fresh(tokens))
+            new = self._fresh(tokens)
+        elif bool(full.any()):
+            # the write and memory passes of the completed rows only: envs desynchronised by their resets
+            # complete blocks at different steps, so a rollout step has a few full rows, not all
+            rows = full.nonzero()[:, 0]  # (n,)
+            tokens = memory.tokens[rows]  # (n, M, D)
+            if M > 0:
+                tokens = self._write(tokens, new.k[rows, :, :, M:], new.v[rows, :, :, M:])
+            new = new.put(rows, self._fresh(tokens))
         return out, new
 
     # ---- the policy interface -------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""bench/finetune_throughput.py compares like with like: both sides on the same env config (the teacher's
+training perturbations in), the same PPOConfig and steps per env; ours is the recurrent student with a
+privileged critic, the baseline the teacher's MLP; the profile leaves the runner's methods as they were.
+A few tiny iterations, no timing asserted."""
+
+import bench.finetune_throughput as bench
+from rl.networks import MLPActorCritic
+from rl.recurrent_storage import RecurrentRolloutStorage
+from rl.student_actor_critic import StudentActorCritic
+
+
+def test_both_sides_share_env_and_ppo_settings_and_the_profile_restores_the_runner():
+    args = bench.parse_args(["--num-envs", "4", "--steps-per-env", "8", "--fit-steps", "2", "--env-threads", "1"])
+    ours, baseline, origin = bench.build_sides(args)
+    try:
+        assert isinstance(ours.runner.policy, StudentActorCritic) and ours.runner.policy.is_recurrent
+        assert isinstance(ours.runner.storage, RecurrentRolloutStorage) and ours.runner.storage.L == 8
+        assert isinstance(baseline.runner.policy, MLPActorCritic)
+        assert ours.runner.policy.critic[0].in_features == ours.env.obs_spec.dim("privileged")
+        assert ours.runner.ppo.cfg == baseline.runner.ppo.cfg and ours.runner.cfg == baseline.runner.cfg
+        assert ours.env.cfg == baseline.env.cfg and ours.env.cfg.perturbations.drop_rate > 0  # train perturbations
+        assert not bool((ours.runner.policy.student.norm.obs_std == 1).all())  # the normaliser was fitted
+        assert origin.startswith("fresh")
+        ours.timed(1)
+        baseline.timed(1)
+        for side in (ours, baseline):
+            row = side.rounds[-1]
+            assert row["env_steps_per_s"] > 0 and row["s_per_rollout"] > 0 and row["s_per_update"] > 0
+        profile = bench.profile_student(ours, 1)
+        assert profile["update"]["  forward_sequence"]["calls_per_iteration"] > 0
+        assert 0 < profile["update_real_step_share"] <= 1
+        assert "collect_rollout" not in vars(ours.runner) and "_advance" not in vars(ours.runner.policy.student)
+        assert ours.runner.iteration == 2
+    finally:
+        ours.env.close()
+        baseline.env.close()
