@@ -159,6 +159,13 @@ class DemoStateResets:
             self._apply(env, ids, rows)
         return rows
 
+    def start_groups(self, env, leader_ids) -> None:
+        """The ``group_start`` hook of advantage=group: each group leader starts from a demo state with
+        probability ``prob`` (the rest keep their fresh episode); the group then copies its leader."""
+        ids = torch.as_tensor(leader_ids).cpu().reshape(-1)
+        pick = torch.rand(len(ids), generator=self.gen) < self.prob  # (G,) bool
+        self.start(env, ids[pick])
+
     def stats(self) -> dict:
         rate = (lambda d: float(np.mean(d)) if d else float("nan"))  # nan: nothing booked yet
         return {"demo_start_share": rate(self.reset_was_demo), "demo_start_success_rate": rate(self.demo_outcomes),

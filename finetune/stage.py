@@ -82,19 +82,31 @@ def run(cfg) -> dict:
     selector = _selector(cfg, env_cfg)
     meta = {"kind": "finetune_state", "env_name": env.cfg.name, "env_cfg": env_cfg,
             "obs_spec": env.obs_spec.to_dict(), "init_ckpt": str(init_path)}
+    group = str(f.advantage) == "group"
+    steps, warmup = int(f.steps_per_env), int(f.critic_warmup_iterations)
+    if group:
+        # a group's envs start together and each plays one whole episode: the rollout spans the longest
+        # episode (rounded up to whole sequences), and there is no critic to warm up
+        L = int(f.seq_len)
+        steps, warmup = -(-int(env.max_episode_length) // L) * L, 0
+        print(f"[finetune] advantage=group: groups of {f.group_size} envs, rollouts of {steps} steps, no critic")
+    resets = _demo_resets(f, dataset, env, int(cfg.seed))
     runner = OnPolicyRunner(
         env, policy, ppo_cfg,
-        RunnerConfig(num_steps_per_env=int(f.steps_per_env), num_iterations=int(f.iterations), seed=int(cfg.seed),
-                     save_every=int(f.save_every), critic_warmup_iterations=int(f.critic_warmup_iterations),
-                     actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len)),
-        logger=logger, checkpoint_meta=meta, selector=selector)
-    _attach_demonstrations(runner, f, dataset, student)
+        RunnerConfig(num_steps_per_env=steps, num_iterations=int(f.iterations), seed=int(cfg.seed),
+                     save_every=int(f.save_every), critic_warmup_iterations=warmup,
+                     actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len),
+                     advantage=str(f.advantage), group_size=int(f.group_size)),
+        logger=logger, checkpoint_meta=meta, selector=selector,
+        on_reset=resets if resets is not None and not group else None,
+        group_start=resets.start_groups if resets is not None and group else None)
+    _attach_imitation(runner, f, dataset, student)
     if resume:
         runner.load(torch.load(state_path, weights_only=True))
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
-          f"of {f.num_envs} envs x {f.steps_per_env} steps, critic {f.critic}, warm-up {f.critic_warmup_iterations}, "
-          f"imitation bc_coef {f.ppo.bc_coef}")
+          f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
+          f"imitation bc_coef {f.ppo.bc_coef}, demo resets {f.demo_reset_prob}")
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
     logger.close()
     env.close()
@@ -124,24 +136,27 @@ def _dataset_path(f, info: dict) -> Path | None:
     return path
 
 
-def _attach_demonstrations(runner: OnPolicyRunner, f, dataset: Path | None, student) -> None:
-    """The imitation term's demonstrated sequences and the demo-state resets, when asked for."""
-    if dataset is None:
+def _attach_imitation(runner: OnPolicyRunner, f, dataset: Path | None, student) -> None:
+    """The imitation term's demonstrated sequences (finetune.ppo.bc_coef > 0)."""
+    if dataset is None or float(f.ppo.bc_coef) <= 0:
         return
-    if float(f.ppo.bc_coef) > 0:
-        from datasets.arrays import read_policy_arrays
-        from datasets.store import EpisodeStore
-        from rl.demo_sequences import DemoSequences
+    from datasets.arrays import read_policy_arrays
+    from datasets.store import EpisodeStore
+    from rl.demo_sequences import DemoSequences
 
-        store = EpisodeStore.open(dataset)
-        arrays = read_policy_arrays(store, student.spec, student.cfg.group)
-        runner.ppo.set_demonstration_sequences(
-            DemoSequences(arrays, student.cfg.group, int(f.seq_len), burn_in=int(f.imitation_burn_in)))
-    if float(f.demo_reset_prob) > 0:
-        from finetune.demo_reset import DemoStateResets, load_demo_states
+    store = EpisodeStore.open(dataset)
+    arrays = read_policy_arrays(store, student.spec, student.cfg.group)
+    runner.ppo.set_demonstration_sequences(
+        DemoSequences(arrays, student.cfg.group, int(f.seq_len), burn_in=int(f.imitation_burn_in)))
 
-        runner.on_reset = DemoStateResets(load_demo_states(dataset, runner.env), float(f.demo_reset_prob),
-                                          int(runner.cfg.seed) + 307, runner.env.num_envs)
+
+def _demo_resets(f, dataset: Path | None, env, seed: int):
+    """Resets to demonstration states (finetune.demo_reset_prob > 0), or None."""
+    if dataset is None or float(f.demo_reset_prob) <= 0:
+        return None
+    from finetune.demo_reset import DemoStateResets, load_demo_states
+
+    return DemoStateResets(load_demo_states(dataset, env), float(f.demo_reset_prob), seed + 307, env.num_envs)
 
 
 def _selector(cfg, env_cfg: dict) -> BestCheckpoint | None:
