@@ -126,13 +126,15 @@ def _evaluate(env, act, reset, num_episodes: int, seed: int, progress: bool) -> 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table: one row per (policy device, sim device), after a policy column when the rows
-    name their policy (``policy``)."""
+    name their policy (``policy``; ``label`` too: what the policy is, e.g. "LSTM student")."""
     named = all("policy" in r for r in rows)
-    head = ("| policy " if named else "") + ("| policy device | sim device | Successes | Mean reward "
-                                             "| Mean episode length | Mean attempts to success |\n")
-    head += "|---" * (7 if named else 6) + "|\n"
+    labelled = named and all("label" in r for r in rows)
+    head = ("| what " if labelled else "") + ("| policy " if named else "")
+    head += ("| policy device | sim device | Successes | Mean reward | Mean episode length "
+             "| Mean attempts to success |\n")
+    head += "|---" * (6 + named + labelled) + "|\n"
     for r in rows:
-        head += (f"| {r['policy']} " if named else "")
+        head += (f"| {r['label']} " if labelled else "") + (f"| {r['policy']} " if named else "")
         head += (f"| {r['policy_device']} | {r['sim_device']} | {r['successes']}/{r['episodes']} "
                  f"({100 * r['success_rate']:.1f}%) | {r['mean_reward']:.2f} | {r['mean_episode_length']:.1f} "
                  f"| {r['mean_attempts_to_success']:.2f} |\n")

@@ -1,11 +1,15 @@
 """``python pipeline.py stage=eval [eval.ckpt=PATH] [eval.num_episodes=N]``: the comparison table.
 
-Every checkpoint (``eval.ckpt``, or all of the run directory's in the order teacher.pt, student*.pt,
-finetuned.pt) plays the same ``eval.num_episodes`` episodes, seeded by ``common.evaluate.evaluation_seed``
-(the teacher stage's table uses the same seeds and env, so a teacher.pt reproduces its
-teacher_eval.json), once per available (policy device, sim device) pair, with the env of the run's
-config (``env=``) and ``eval.perturbations`` (injected failures, off by default). Writes ``eval.json``
-(``rows``: one object per checkpoint and device pair) and ``eval.md`` in the run directory.
+Every checkpoint (``eval.ckpt``, or all of the run directory's in the comparison's order:
+teacher.pt, the baselines student_mlp.pt and student_rnn.pt (``bc.baselines``), student.pt,
+finetuned.pt) plays the same ``eval.num_episodes`` episodes, seeded by
+``common.evaluate.evaluation_seed`` (the teacher stage's table uses the same seeds and env, so a
+teacher.pt reproduces its teacher_eval.json), once per available (policy device, sim device) pair,
+with the env of the run's config (``env=``) and ``eval.perturbations`` (injected failures, off by
+default). Writes ``eval.json`` (``rows``: one object per checkpoint and device pair, each with a
+``label`` saying what it is) and ``eval.md`` in the run directory; evaluating the whole run
+directory also writes ``comparison.md`` (what ``stage=all`` ends with: the same table, one line per
+policy, with what each policy is).
 """
 
 from __future__ import annotations
@@ -29,6 +33,22 @@ from envs import make_env
 from envs.base import ConfigError
 
 PRODUCED_BY = {"teacher.pt": "teacher", "student*.pt": "bc", "finetuned.pt": "finetune"}
+# the comparison's order: the teacher, the students without and with history, the fine-tuned one
+_ORDER = ["teacher.pt", "student_mlp.pt", "student_rnn.pt", "student_transformer.pt", "student.pt", "finetuned.pt"]
+_KIND_NAMES = {"mlp": "MLP student", "rnn": "LSTM student", "transformer": "history student"}
+
+
+def label(path: Path, ckpt: dict) -> str:
+    """What a checkpoint is, for the comparison table: "teacher (ppo_mlp)", "LSTM student", ..."""
+    kind = ckpt.get("kind")
+    if kind != "student":
+        return f"teacher ({kind})"
+    name = _KIND_NAMES.get(ckpt.get("model_kind"), f"{ckpt.get('model_kind')} student")
+    return f"fine-tuned {name}" if "finetune" in ckpt else name
+
+
+def _order(path: Path) -> tuple[int, str]:
+    return (_ORDER.index(path.name) if path.name in _ORDER else len(_ORDER) - 1, path.name)
 
 
 def checkpoints(cfg) -> list[Path]:
@@ -40,7 +60,7 @@ def checkpoints(cfg) -> list[Path]:
                               f"student.pt or finetuned.pt")
         return [path]
     out = run_dir(cfg)
-    found = [p for pattern in PRODUCED_BY for p in sorted(out.glob(pattern)) if p.is_file()]
+    found = sorted({p for pattern in PRODUCED_BY for p in out.glob(pattern) if p.is_file()}, key=_order)
     if not found:
         makers = ", ".join(f"stage={stage} makes {name}" for name, stage in PRODUCED_BY.items())
         raise ConfigError(f"no checkpoint to evaluate in {out} ({makers}); run one of those stages with the same "
@@ -63,7 +83,8 @@ def run(cfg) -> dict:
                 continue
             policy = cpu_policy if policy_device == "cpu" else policy_from_checkpoint(ckpt, env, policy_device, path)
             result = evaluate_policy(env, policy, n, seed)
-            rows.append({"policy": path.name, "kind": policy.kind, "checkpoint": str(path), **result,
+            rows.append({"policy": path.name, "label": label(path, ckpt), "kind": policy.kind,
+                         "checkpoint": str(path), **result,
                          "mean_attempts": result["mean_attempts_to_success"]})
     env.close()
     perturbations = OmegaConf.to_container(cfg.eval.perturbations, resolve=True)
@@ -75,5 +96,7 @@ def run(cfg) -> dict:
     header = (f"{env.cfg.name}, {n} episodes per row on the same seeds (evaluation seed {seed}), "
               f"injected failures: {failures}")
     md_path.write_text(f"# Evaluation\n\n{header}\n\n{table}\n{device_note()}\n")
+    if not cfg.eval.ckpt:  # the run's own checkpoints: the comparison stage=all ends with
+        (run_dir(cfg) / "comparison.md").write_text(f"# Comparison\n\n{header}\n\n{table}\n{device_note()}\n")
     print(f"[eval] {header}\n{table}{device_note()}\n[eval] wrote {json_path} and {md_path}")
     return {"eval_json": str(json_path), "rows": json_safe(rows)}

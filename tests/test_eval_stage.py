@@ -137,14 +137,18 @@ def test_injected_failures_at_evaluation(tmp_path):
 def test_default_evaluates_every_checkpoint_of_the_run_in_order_on_the_same_seeds(tmp_path, still_kind, monkeypatch):
     run = tmp_path / "run"
     scripted_teacher(run)
-    for name in ("finetuned.pt", "student_mlp.pt", "student.pt"):
+    for name in ("finetuned.pt", "student_rnn.pt", "student.pt", "student_mlp.pt"):
         torch.save({"kind": "test_still", "env_name": "Lift-v1"}, run / name)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # rows for cuda where the kind runs there
     report = evaluate(run, "eval.num_episodes=4")
     order = [(r["policy"], r["policy_device"]) for r in report["rows"]]
-    assert order == [("teacher.pt", "cpu"), ("student.pt", "cpu"), ("student.pt", "cuda"),
-                     ("student_mlp.pt", "cpu"), ("student_mlp.pt", "cuda"), ("finetuned.pt", "cpu"),
+    # the comparison's order: teacher, the students without and with history, the fine-tuned one
+    assert order == [("teacher.pt", "cpu"), ("student_mlp.pt", "cpu"), ("student_mlp.pt", "cuda"),
+                     ("student_rnn.pt", "cpu"), ("student_rnn.pt", "cuda"), ("student.pt", "cpu"),
+                     ("student.pt", "cuda"), ("finetuned.pt", "cpu"),
                      ("finetuned.pt", "cuda")]  # the scripted expert runs on the CPU only
+    comparison = (run / "comparison.md").read_text()
+    assert comparison.index("student_mlp.pt") < comparison.index("student_rnn.pt") < comparison.index("finetuned")
     assert all(r["successes"] == 0 and r["mean_attempts"] is None for r in report["rows"][1:])
     alone = evaluate(tmp_path / "alone", f"eval.ckpt={run / 'teacher.pt'}", "eval.num_episodes=4")
     assert {k: alone["rows"][0][k] for k in KEYS} == {k: report["rows"][0][k] for k in KEYS}
