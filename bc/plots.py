@@ -1,7 +1,8 @@
 """BC curves from ``metrics.jsonl`` to ``plots/bc_training.png``, ``plots/bc_gradients.png`` and
-``plots/bc_internals.png`` (the model's internals, rl/student/diagnostics.py: residual ratios, a panel
-per branch; attention entropies, a panel per layer; the memory norm). What a run did not log (an MLP
-student has no internals to show) is left out; a file with no panel at all is not written."""
+``plots/bc_internals.png`` (the model's internals, rl/student/diagnostics.py, in the panels of
+rl.plot.internal_panels, which fine-tuning's plot shares: residual ratios, a panel per branch; attention
+entropies, a panel per layer; the memory norm). What a run did not log (an MLP student has no internals
+to show) is left out; a file with no panel at all is not written."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from rl.plot import internal_panels  # noqa: E402  (shared with fine-tuning's internals plot)
 
 PANELS = [
     (("train_loss", "val_loss"), "loss (NLL of raw actions [+ MSE])"),
@@ -70,21 +73,3 @@ def plot_bc(metrics: Path, out_dir: Path, stage: str = "bc") -> list[Path]:
     draw(internal_panels({k for r in rows for k in r}), f"{stage}_internals.png", per_row=3)
     return written
 
-
-def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
-    """The panels of bc_internals.png from the logged keys: residual ratios per layer (a panel per
-    branch), attention entropy per head (a panel per layer), memory norm (mean and max)."""
-    panels = []
-    for branch in ("attn", "mlp"):
-        layers = tuple(sorted(k for k in keys if k.startswith(f"resid_{branch}/")))
-        if layers:
-            panels.append((layers, f"residual ratio ||{branch} branch|| / ||stream|| per layer (0: branch off)"))
-    entropy: dict[str, list[str]] = {}
-    for k in sorted(k for k in keys if k.startswith("attn_entropy/")):
-        entropy.setdefault(k.rsplit("/", 1)[0], []).append(k)  # attn_entropy/<layer>/head<h> by layer
-    panels += [(tuple(heads), f"attention entropy per head, {layer.split('/', 1)[1]} (nats; log n: uniform)")
-               for layer, heads in entropy.items()]
-    memory = tuple(k for k in ("memory_norm", "memory_norm_max") if k in keys)
-    if memory:
-        panels.append((memory, "carried memory L2 norm per token (mean, max)"))
-    return panels

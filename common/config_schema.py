@@ -271,6 +271,7 @@ class FinetuneSchema:
     init_std: float | None = spec(None, gt=0.0)
     demo_reset_prob: float = rate()
     imitation_burn_in: int = spec(ge=0)
+    diag_every: int = spec(ge=0)
     progress: bool = MISSING
     ppo: PPOSchema = MISSING
     select: SelectSchema = MISSING

@@ -8,7 +8,8 @@ collection read it like a ``student.pt``) whose ``state_dict`` holds the weights
 deterministic closed-loop success and ``last_state_dict`` the last ones, plus a ``finetune`` record
 (start, selection history, settings); ``finetune_state.pt``, the runner's own checkpoint
 (``finetune.resume=true`` continues from it exactly); ``finetune_eval.json``/``.md``;
-``metrics.jsonl`` (stage ``finetune``) and ``plots/finetune_*.png``.
+``metrics.jsonl`` (stage ``finetune``) and ``plots/finetune_*.png`` (training curves, per-layer gradients,
+and every ``finetune.diag_every`` iterations the student's internals: ``finetune_internals.png``).
 
 How (DESIGN.md, "Fine-tuning"): the student is PPO's actor, the rollout stores sequences of
 ``seq_len`` steps with the memory each starts from (rl/recurrent_storage.py), and the update
@@ -43,6 +44,7 @@ from envs.base import ConfigError
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.student.checkpoint import load_student
+from rl.student.diagnostics import RolloutDiagnostics
 from rl.student_actor_critic import StudentActorCritic
 
 STATE_NAME = "finetune_state.pt"
@@ -99,7 +101,8 @@ def run(cfg) -> dict:
                      advantage=str(f.advantage), group_size=int(f.group_size)),
         logger=logger, checkpoint_meta=meta, selector=selector,
         on_reset=resets if resets is not None and not group else None,
-        group_start=resets.start_groups if resets is not None and group else None)
+        group_start=resets.start_groups if resets is not None and group else None,
+        diagnostics=RolloutDiagnostics(int(f.diag_every)))
     _attach_imitation(runner, f, dataset, student)
     if resume:
         runner.load(torch.load(state_path, weights_only=True))

@@ -3,14 +3,18 @@
 Writes ``<stage>_training.png`` (success, return, episode length, losses, KL, clip fraction,
 learning rate, entropy and action spread, explained variance, Var(R), throughput, and with the
 teacher's curriculum the success of fresh and expert starts and the frontier, with its selection
-the deterministic success at each evaluation) and
-``<stage>_gradients.png`` (per-layer gradient L2 and max norms) so a user without wandb sees the run.
+the deterministic success at each evaluation; with fine-tuning's demo-state resets and groups their
+shares, success by start and group spread) and ``<stage>_gradients.png`` (per-layer gradient L2 and max
+norms; a student's per-parameter norms summed per module, ``gradient_groups``), so a user without wandb
+sees the run. Rows with a student's internals (rl/student/diagnostics.py: residual ratios, attention
+entropies, memory norm) also give ``<stage>_internals.png`` (bc's and fine-tuning's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,9 +33,15 @@ PANELS = [
     ("entropy", "entropy"), ("returns_var", "Var(R)"), ("env_steps_per_s", "env steps / s"),
     ("actions_outside_bounds", "share of actions outside [-1, 1]"),
     ("bounds_loss", "mean beyond the bounds: sum relu(|mu| - 1)^2 (teacher.ppo.bounds_coef)"),
-    (("fresh_success_rate", "expert_start_success_rate", "band_success_rate"), "curriculum: success by start"),
+    # the teacher's curriculum (expert states, band) and fine-tuning's demo-state resets
+    (("fresh_success_rate", "expert_start_success_rate", "band_success_rate", "demo_start_success_rate"),
+     "success by start (fresh / expert or demo state)"),
     ("curriculum_frontier", "curriculum frontier (steps to go)"),
     (("selection_success_rate", "selected_success_rate"), "selection: deterministic success (fresh starts)"),
+    # fine-tuning (finetune/demo_reset.py, rl/group_advantage.py)
+    (("demo_start_share", "demo_start_after_failure_share"), "demo-state resets: share of resets"),
+    ("valid_fraction", "group rollouts: share of steps before each env's first done"),
+    ("group_return_std", "group rollouts: std of the episode return within a group"),
 ]
 
 
@@ -70,19 +80,99 @@ def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
     fig.savefig(curves, dpi=80)
     plt.close(fig)
 
-    layers = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("grad_l2/")})
+    grads = _plot_gradients(rows, x, out_dir / f"{stage}_gradients.png")
+    written = [curves, grads]
+    panels = internal_panels({k for r in rows for k in r})
+    if panels:
+        written.append(_plot_internals(rows, x, panels, out_dir / f"{stage}_internals.png", stage))
+    return written
+
+
+def gradient_groups(names: list[str]) -> dict[str, list[str]]:
+    """Parameter names -> the curves of the gradients plot: {curve: its parameters}.
+
+    A policy with a student (``student.*``, fine-tuning) has too many parameters for a readable plot:
+    each transformer layer ``student.layers.<i>``, every other submodule of the student
+    (``student.tokenizer``, ``student.head``, ...) and each top-level module (``critic``) is one curve, and
+    the student's own parameters (its embeddings) one more, ``student.(own)``. Without one (the
+    teacher) every parameter keeps its own curve, as logged."""
+    if not any(n.startswith("student.") for n in names):
+        return {n: [n] for n in names}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != "student":
+            key = parts[0] if len(parts) > 1 else name
+        elif len(parts) == 2:
+            key = "student.(own)"
+        elif parts[1] == "layers" and len(parts) > 3:
+            key = ".".join(parts[:3])
+        else:
+            key = ".".join(parts[:2])
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _group_norm(row: dict, kind: str, params: list[str]) -> float:
+    """The group's norm from its parameters' logged norms: L2 = sqrt(sum of squares), max = max."""
+    values = [row[f"{kind}/{p}"] for p in params if f"{kind}/{p}" in row]
+    if len(values) < 2:
+        return values[0] if values else float("nan")  # one parameter: its logged norm, as it was
+    return math.sqrt(sum(v * v for v in values)) if kind == "grad_l2" else max(values)
+
+
+def _plot_gradients(rows: list[dict], x: list, path: Path) -> Path:
+    names = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith(("grad_l2/", "grad_max/"))})
+    groups = gradient_groups(names)
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     for kind, ax in zip(("grad_l2", "grad_max"), axes):
-        for layer in layers:
-            ax.semilogy(x, [r.get(f"{kind}/{layer}", float("nan")) for r in rows], label=layer)
+        for curve, params in groups.items():
+            ax.semilogy(x, [_group_norm(r, kind, params) for r in rows], label=curve)
         ax.set_title(f"per-layer gradient {'L2' if kind == 'grad_l2' else 'max (inf)'} norm")
         ax.set_xlabel("env steps")
     axes[1].legend(fontsize=6, loc="upper right")
     fig.tight_layout()
-    grads = out_dir / f"{stage}_gradients.png"
-    fig.savefig(grads, dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    return [curves, grads]
+    return path
+
+
+def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
+    """The panels of ``<stage>_internals.png`` (bc's and fine-tuning's) from the logged keys: residual ratios
+    per layer (a panel per branch), attention entropy per head (a panel per layer), memory norm (mean, max)."""
+    panels = []
+    for branch in ("attn", "mlp"):
+        layers = tuple(sorted(k for k in keys if k.startswith(f"resid_{branch}/")))
+        if layers:
+            panels.append((layers, f"residual ratio ||{branch} branch|| / ||stream|| per layer (0: branch off)"))
+    entropy: dict[str, list[str]] = {}
+    for k in sorted(k for k in keys if k.startswith("attn_entropy/")):
+        entropy.setdefault(k.rsplit("/", 1)[0], []).append(k)  # attn_entropy/<layer>/head<h> by layer
+    panels += [(tuple(heads), f"attention entropy per head, {layer.split('/', 1)[1]} (nats; log n: uniform)")
+               for layer, heads in entropy.items()]
+    memory = tuple(k for k in ("memory_norm", "memory_norm_max") if k in keys)
+    if memory:
+        panels.append((memory, "carried memory L2 norm per token (mean, max)"))
+    return panels
+
+
+def _plot_internals(rows: list[dict], x: list, panels: list, path: Path, stage: str, per_row: int = 3) -> Path:
+    n_rows = -(-len(panels) // per_row)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(4 * per_row, 3 * n_rows), squeeze=False)
+    for ax, (keys, title) in zip(axes.flat, panels):
+        for key in keys:
+            points = [(xv, r[key]) for xv, r in zip(x, rows) if key in r]  # measured every diag_every iterations
+            ax.plot(*zip(*points), "o-" if len(points) < 30 else "-", label=key, markersize=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("env steps", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{stage}: the student's internals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:

@@ -89,9 +89,15 @@ class OnPolicyRunner:
     def __init__(self, env, policy, ppo_cfg: PPOConfig, cfg: RunnerConfig, logger=None,
                  on_reset: Callable[[object, torch.Tensor, torch.Tensor], bool] | None = None,
                  checkpoint_meta: dict | None = None, selector=None,
-                 group_start: Callable[[object, torch.Tensor], None] | None = None):
+                 group_start: Callable[[object, torch.Tensor], None] | None = None,
+                 diagnostics: Callable[[int, object, object], dict] | None = None):
         check_advantage_config(cfg, env, on_reset, group_start)
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
+        # diagnostics(iteration, storage, policy) -> dict, called after each rollout (before the update, the
+        # storage as collected; iteration: the metrics row's), its metrics merged into that row ({}: none
+        # this time). E.g. rl.student.diagnostics.RolloutDiagnostics: the student's internals. It must not
+        # draw from the runner's generators (an exact resume).
+        self.diagnostics = diagnostics
         self.group = cfg.advantage == "group"
         self.group_start = group_start  # advantage=group: group_start(env, leader_ids) may set the leaders' states
         # selector: due(iteration, last) -> bool and consider(iteration, policy) -> dict of metrics,
@@ -250,6 +256,9 @@ class OnPolicyRunner:
                 t0 = time.perf_counter()
                 rollout_stats = self.collect_rollout()
                 t1 = time.perf_counter()
+                if self.diagnostics is not None:
+                    with torch.no_grad():
+                        rollout_stats.update(self.diagnostics(self.iteration + 1, self.storage, self.policy))
                 warming_up = self.iteration < self.cfg.critic_warmup_iterations
                 if self.iteration == self.cfg.critic_warmup_iterations and self.cfg.actor_start_learning_rate:
                     self.ppo.set_learning_rate(self.cfg.actor_start_learning_rate)

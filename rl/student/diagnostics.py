@@ -85,3 +85,39 @@ class LayerProbe:
         """weights (B, H, N, C) of the step tokens' queries."""
         entropy = torch.special.entr(weights).sum(-1)  # (B, H, N); entr(0) = 0 on the masked keys
         self.probe.add(f"attn_entropy/{self.name}/head", entropy.transpose(1, 2)[self.probe.tokens_valid].detach())
+
+
+class RolloutDiagnostics:
+    """The runner's ``diagnostics`` hook in fine-tuning (``finetune.diag_every``): every ``every`` iterations,
+    the student's ``diagnostics`` (rl/student/head.py, no grad, eval mode as it acted) on ``num_envs`` envs'
+    whole rollouts, just collected and before the update, so the weights and the stored memory match:
+    the env's T steps as one window from the memory its first sequence started from, its episode starts
+    as the rollout reset the memory, measured on the valid steps (a group rollout masks those after an
+    env's first done). Returns the probe's keys (resid_attn/*, resid_mlp/*, attn_entropy/*) and the memory
+    norm (memory_norm, memory_norm_max), or {} when not due, for a policy without a recurrent storage or an
+    MLP student (no internals). The envs are fixed and evenly spread (one per group where they divide),
+    and nothing is sampled, so turning it on leaves the run (and its exact resume) as it was."""
+
+    def __init__(self, every: int, num_envs: int = 4):
+        self.every, self.num_envs = int(every), int(num_envs)
+
+    def __call__(self, iteration: int, storage, policy) -> dict[str, float]:
+        """iteration: the one the metrics row will carry (1 after the first rollout)."""
+        student = getattr(policy, "student", policy)
+        if self.every <= 0 or iteration % self.every or not hasattr(storage, "memories") \
+                or not hasattr(student, "diagnostics"):
+            return {}
+        return student.diagnostics(*self.windows(storage, student))
+
+    def windows(self, storage, student) -> tuple[dict, torch.Tensor, object, torch.Tensor]:
+        """The measured envs' rollouts as ``forward_sequence`` reads them: obs groups (n, T, D) (the student's
+        and its previous action if it reads one), starts (n, T), memory0 (n rows), valid (n, T)."""
+        from rl.recurrent_storage import index_memory
+
+        n = min(self.num_envs, storage.N)
+        envs = torch.arange(n, device=storage.starts.device) * (storage.N // n)  # (n,)
+        groups = [student.cfg.group] + (["prev_action"] if "prev_action" in storage.obs else [])
+        obs = {g: storage.obs[g][:, envs].transpose(0, 1).contiguous() for g in groups}
+        starts = storage.starts[:, envs].T.contiguous()
+        valid = storage.valid[:, envs].T.contiguous()
+        return obs, starts, index_memory(storage.memories[0], envs, storage.memory_dims), valid
