@@ -108,6 +108,9 @@ class OnPolicyRunner:
         # set the state of those freshly reset envs (e.g. expert states) and returns True if it did.
         # Optional methods: stats() -> dict merged into the metrics; state_dict()/load_state_dict() for resume.
         self.on_reset = on_reset
+        # whose stats() are logged and whose state_dict() a checkpoint carries: on_reset, or in group mode the
+        # object a bound group_start belongs to (finetune's DemoStateResets.start_groups)
+        self._hook_owner = on_reset if on_reset is not None else getattr(group_start, "__self__", None)
         self.meta = checkpoint_meta or {}
         self.action_gen = torch.Generator().manual_seed(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -294,8 +297,8 @@ class OnPolicyRunner:
              "env_steps_per_s": steps / t_iter, "s_per_iteration": t_iter, "s_per_rollout": t_rollout}
         m.update(rollout_stats)
         m.update(update_stats)
-        if hasattr(self.on_reset, "stats"):
-            m.update(self.on_reset.stats())
+        if hasattr(self._hook_owner, "stats"):
+            m.update(self._hook_owner.stats())
         return m
 
     # ------------------------------------------------------------------ checkpoints
@@ -314,7 +317,7 @@ class OnPolicyRunner:
             "batch_gen": self.batch_gen.get_state(),
             "episodes": [list(e) for e in self.episodes],
             "env_state": self.env.get_state(),
-            "on_reset": self.on_reset.state_dict() if hasattr(self.on_reset, "state_dict") else None,
+            "on_reset": self._hook_owner.state_dict() if hasattr(self._hook_owner, "state_dict") else None,
             "selector": self.selector.state_dict() if self.selector is not None else None,
             # recurrent: the carry between rollouts, as plain tensors (weights_only loads it)
             **({"recurrent": {"memory": memory_state(self.memory), "prev_action": self.prev_action,
@@ -336,8 +339,8 @@ class OnPolicyRunner:
         self.action_gen.set_state(ckpt["action_gen"])
         self.batch_gen.set_state(ckpt["batch_gen"])
         self.episodes = deque([tuple(e) for e in ckpt["episodes"]], maxlen=self.cfg.episode_window)
-        if ckpt.get("on_reset") is not None and hasattr(self.on_reset, "load_state_dict"):
-            self.on_reset.load_state_dict(ckpt["on_reset"])
+        if ckpt.get("on_reset") is not None and hasattr(self._hook_owner, "load_state_dict"):
+            self._hook_owner.load_state_dict(ckpt["on_reset"])
         if ckpt.get("selector") is not None and self.selector is not None:
             self.selector.load_state_dict(ckpt["selector"])
         # No env.reset() here: the env state carries each env's base seed and episode counter, so the
