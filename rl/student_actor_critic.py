@@ -93,7 +93,9 @@ class StudentActorCritic(nn.Module):
     # ---- the student's side -----------------------------------------------------------------------
     @property
     def is_recurrent(self) -> bool:
-        return bool(getattr(self.student, "is_recurrent", False))
+        """Always: every student goes through the sequence path (storage with memory, ``forward_sequence``);
+        an MLP student's memory is simply None there (its own ``is_recurrent`` only tells BC not to burn in)."""
+        return True
 
     @property
     def log_std(self) -> nn.Parameter:

@@ -61,22 +61,33 @@ def test_teacher_stage_scripted_writes_self_describing_checkpoint_and_never_over
     assert (run / "teacher.pt").read_bytes() == before and (run / "config.yaml").read_bytes() == config
 
 
-def test_stage_all_runs_what_exists_and_names_what_is_to_come(tmp_path):
+def test_stage_all_runs_every_stage_and_ends_with_the_comparison_table(tmp_path):
     run = tmp_path / "all"
     r = pipeline("stage=all", "preset=quick", "teacher=scripted", f"run_dir={run}", "logger.mode=disabled",
-                 "teacher.eval_episodes=4", "eval.num_episodes=4",
+                 "teacher.eval_episodes=4", "eval.num_episodes=4", "env.episode_length=30",
                  "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4", "bc.epochs=1",
-                 "bc.eval_episodes=4", "bc.model=mlp", "bc.progress=false")
+                 "bc.eval_episodes=4", "bc.model=mlp", "bc.baselines=[rnn]", "bc.rnn.rnn_hidden=16",
+                 "bc.progress=false",
+                 "finetune.iterations=2", "finetune.critic_warmup_iterations=1", "finetune.num_envs=4",
+                 "finetune.select.every=1", "finetune.select.episodes=4", "finetune.eval_episodes=4",
+                 "finetune.progress=false", "finetune.diag_every=1")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "pipeline_summary.json").read_text())
     assert summary["teacher"]["episodes"] == 4
     assert summary["collect"]["episodes"] == 4 and (run / "dataset.zarr").exists()  # collect read teacher.pt
     assert (run / "plots" / "dataset" / "episodes.png").stat().st_size > 5_000
     assert summary["bc"]["model"] == "mlp" and (run / "student.pt").exists()  # bc read dataset.zarr
-    assert summary["finetune"].startswith("to come")
+    assert summary["bc"]["baselines"]["rnn"]["model"] == "rnn" and (run / "student_rnn.pt").exists()
+    assert (run / "bc_baselines.log").exists() and (run / "plots" / "bc_rnn_training.png").exists()
+    assert summary["finetune"]["finetuned_ckpt"] == str(run / "finetuned.pt")  # finetune read student.pt
+    assert (run / "plots" / "finetune_training.png").exists() and (run / "finetune_eval.md").exists()
     # it ends with the comparison table of what it made, on the teacher stage's own seeds
     rows = json.loads((run / "eval.json").read_text())["rows"]
-    assert [row["policy"] for row in rows if row["policy_device"] == "cpu"] == ["teacher.pt", "student.pt"]
+    assert [(row["policy"], row["label"]) for row in rows if row["policy_device"] == "cpu"] == [
+        ("teacher.pt", "teacher (scripted)"), ("student_rnn.pt", "LSTM student"), ("student.pt", "MLP student"),
+        ("finetuned.pt", "fine-tuned MLP student")]
+    comparison = (run / "comparison.md").read_text()
+    assert "fine-tuned MLP student" in comparison and "Mean attempts to success" in comparison
     teacher = json.loads((run / "teacher_eval.json").read_text())
     keys = ("episodes", "successes", "mean_reward", "mean_episode_length", "mean_attempts_to_success")
     assert {k: rows[0][k] for k in keys} == {k: teacher[k] for k in keys}
