@@ -226,6 +226,9 @@ def test_bad_input_is_refused_with_exit_code_2_and_writes_nothing(finetuned, inp
         (tmp_path / "steps", [f"finetune.init_ckpt={inputs['student']}", "finetune.steps_per_env=12"],
          "not a multiple of finetune.seq_len"),
         (done, [f"finetune.init_ckpt={inputs['student']}"], "already exists"),
+        # a resume with other settings than its finetune_state.pt's (here 8 envs, not 4)
+        (done, [f"finetune.init_ckpt={inputs['student']}", "finetune.resume=true", "finetune.num_envs=8"],
+         "was made with other settings (train_env_cfg)"),
     ]
     for run_dir, args, expected in cases:
         before = files(run_dir)
