@@ -22,6 +22,7 @@ without it). The std stays the student's free log-std; actions are raw until the
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -72,18 +73,17 @@ def run(cfg) -> dict:
         # log-std (as the teacher's warm start does), never a bound on it.
         with torch.no_grad():
             student.head.log_std.fill_(float(f.init_std)).log_()
-    env = make_env(env_config_with(cfg.env, f.train_perturbations, num_envs=int(f.num_envs)))
+    train_env_cfg = env_config_with(cfg.env, f.train_perturbations, num_envs=int(f.num_envs))
+    env = make_env(train_env_cfg)
     check_obs_spec(info, env, [student.cfg.group], init_path)
     torch.manual_seed(int(cfg.seed))
     policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden),
                                 critic=str(f.critic), value_grad_to_trunk=bool(f.value_grad_to_trunk))
     ppo_cfg = PPOConfig(**OmegaConf.to_container(f.ppo, resolve=True))
     dataset = _dataset_path(f, info)
-    logger = MetricsLogger(out, "finetune", cfg.logger.mode, cfg.logger.project,
-                           config=OmegaConf.to_container(cfg, resolve=True))
     selector = _selector(cfg, env_cfg)
     meta = {"kind": "finetune_state", "env_name": env.cfg.name, "env_cfg": env_cfg,
-            "obs_spec": env.obs_spec.to_dict(), "init_ckpt": str(init_path)}
+            "obs_spec": env.obs_spec.to_dict(), "init_ckpt": str(init_path), "train_env_cfg": train_env_cfg}
     group = str(f.advantage) == "group"
     steps, warmup = int(f.steps_per_env), int(f.critic_warmup_iterations)
     if group:
@@ -93,19 +93,25 @@ def run(cfg) -> dict:
         steps, warmup = -(-int(env.max_episode_length) // L) * L, 0
         print(f"[finetune] advantage=group: groups of {f.group_size} envs, rollouts of {steps} steps, no critic")
     resets = _demo_resets(f, dataset, env, int(cfg.seed))
+    runner_cfg = RunnerConfig(num_steps_per_env=steps, num_iterations=int(f.iterations), seed=int(cfg.seed),
+                              save_every=int(f.save_every), critic_warmup_iterations=warmup,
+                              actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len),
+                              advantage=str(f.advantage), group_size=int(f.group_size))
+    state = None
+    if resume:  # checked before the logger or the runner writes anything
+        state = torch.load(state_path, weights_only=True)
+        _check_resume(state_path, state, {**meta, "policy_cfg": policy.config_dict(), "ppo_cfg": asdict(ppo_cfg),
+                                          "runner_cfg": asdict(runner_cfg)})
+    logger = MetricsLogger(out, "finetune", cfg.logger.mode, cfg.logger.project,
+                           config=OmegaConf.to_container(cfg, resolve=True))
     runner = OnPolicyRunner(
-        env, policy, ppo_cfg,
-        RunnerConfig(num_steps_per_env=steps, num_iterations=int(f.iterations), seed=int(cfg.seed),
-                     save_every=int(f.save_every), critic_warmup_iterations=warmup,
-                     actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len),
-                     advantage=str(f.advantage), group_size=int(f.group_size)),
-        logger=logger, checkpoint_meta=meta, selector=selector,
+        env, policy, ppo_cfg, runner_cfg, logger=logger, checkpoint_meta=meta, selector=selector,
         on_reset=resets if resets is not None and not group else None,
         group_start=resets.start_groups if resets is not None and group else None,
         diagnostics=RolloutDiagnostics(int(f.diag_every)))
     _attach_imitation(runner, f, dataset, student)
-    if resume:
-        runner.load(torch.load(state_path, weights_only=True))
+    if state is not None:
+        runner.load(state)
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
@@ -124,6 +130,19 @@ def run(cfg) -> dict:
     print(f"[finetune] wrote {final_path}; plots: {', '.join(p.name for p in plots)}")
     return {"finetuned_ckpt": str(final_path), "train_success_rate": last.get("success_rate"),
             "env_steps": last.get("env_steps"), **ckpt["finetune"]["selected"], **result}
+
+
+def _check_resume(path: Path, state: dict, now: dict) -> None:
+    """One ConfigError if ``finetune_state.pt`` was made with other settings than ``now`` (a changed env, num_envs,
+    critic or PPO setting made runner.load fail with a traceback); only the iteration budget may change."""
+    if not isinstance(state, dict) or state.get("kind") != "finetune_state":
+        raise ConfigError(f"{path} is not a fine-tuning state; set finetune.resume=false (and overwrite=true)")
+    differ = [k for k in ("train_env_cfg", "init_ckpt", "policy_cfg", "ppo_cfg") if k in state and state[k] != now[k]]
+    differ += [f"runner.{k}" for k, v in state["runner_cfg"].items()
+               if k not in ("num_iterations", "save_every") and v != now["runner_cfg"].get(k)]
+    if differ:
+        raise ConfigError(f"finetune.resume: {path} was made with other settings ({', '.join(differ)}); resume with "
+                          f"the settings it was trained with, or set finetune.resume=false with a new run_dir")
 
 
 def _dataset_path(f, info: dict) -> Path | None:
