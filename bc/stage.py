@@ -129,7 +129,7 @@ def run(cfg, _stop_after_epochs: int | None = None) -> dict:
     kinds = [str(k) for k in cfg.bc.baselines]
     if str(cfg.bc.model) in kinds or len(set(kinds)) != len(kinds):
         raise ConfigError(f"bc.baselines={kinds} repeats a kind or bc.model={cfg.bc.model}; list each other kind once")
-    if not kinds or _stop_after_epochs is not None:
+    if not kinds or _stop_after_epochs is not None or not _is_rank_zero():  # DDP: the launcher's rank trains them
         return train(cfg, _stop_after_epochs=_stop_after_epochs)
     from bc.baselines import BaselineProcess
 

@@ -31,7 +31,8 @@ TINY = ["bc.transformer.d_model=16", "bc.transformer.n_heads=2", "bc.transformer
         "bc.transformer.n_memory=2", "bc.transformer.block=4", "bc.transformer.head_hidden=[32]",
         "bc.mlp.hidden=[32]", "bc.mlp.head_hidden=[32]", "bc.window=8", "bc.window_stride=8", "bc.burn_in=8",
         "bc.batch_size=16", "bc.warmup_steps=2", "bc.progress=false", "bc.eval_episodes=4", "bc.log_every=1",
-        "logger.mode=disabled", "env=lift", "env.num_envs=4"]
+        "logger.mode=disabled", "env=lift", "env.num_envs=4",
+        "bc.baselines=[]"]  # the quick preset trains the MLP and LSTM baselines beside bc.model: not here
 
 
 DIAG_EVERY = 3
