@@ -61,7 +61,8 @@ def train(name: str, overrides: list[str], a) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rc = pipeline(["stage=bc", f"env={a.env}", f"bc.dataset={a.dataset}", f"run_dir={run_dir}", "bc.progress=false",
-                   "logger.mode=disabled", "overwrite=true", "bc.baselines=[]", *a.common.split(), *overrides], run_dir / "bc.log",
+                   "logger.mode=disabled", "overwrite=true", "bc.baselines=[]",
+                   *a.common.split(), *overrides], run_dir / "bc.log",
                   1 if a.parallel > 1 else None)
     if rc != 0:
         raise SystemExit(f"training {name} failed (exit {rc}); see {run_dir / 'bc.log'}")
