@@ -120,9 +120,7 @@ class PPO:
         coef = self.cfg.bc_coef * self.cfg.bc_decay ** self.actor_updates
         if coef <= 0:
             return None
-        if self.demo_sequences is not None:
-            if not getattr(self.policy, "is_recurrent", False):  # batch_size counts steps, not sequences
-                batch_size = -(-batch_size // self.demo_sequences.L)
+        if self.demo_sequences is not None:  # a student (every kind goes through the sequence path)
             return coef * self._sequence_imitation_error(batch_size)
         if self.demo_actions is None:
             return None

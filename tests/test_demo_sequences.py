@@ -187,7 +187,7 @@ def test_no_imitation_term_without_a_coefficient_and_sequences_only_for_a_studen
             ).set_demonstration_sequences(seqs)
 
 
-def test_an_mlp_student_imitates_about_as_many_demonstrated_steps_as_its_flat_minibatch_has(make):
+def test_an_mlp_student_goes_through_the_sequence_path_and_imitates_a_window_per_sequence(make):
     policy, seqs = student_policy(make)
     spec, A = policy.student.spec, policy.student.cfg.action_dim
     mlp = StudentActorCritic(build_student("mlp", spec, {"action_dim": A, "hidden": [16], "head_hidden": [16]}),
@@ -195,5 +195,6 @@ def test_an_mlp_student_imitates_about_as_many_demonstrated_steps_as_its_flat_mi
     calls = spy_on_the_actor(mlp)
     ppo = PPO(mlp, PPOConfig(bc_coef=1.0), generator=torch.Generator().manual_seed(1))
     ppo.set_demonstration_sequences(seqs)
+    assert mlp.is_recurrent  # StudentActorCritic: sequences for every student kind (an MLP's memory is None)
     assert ppo._imitation_loss(13) > 0
-    assert calls[0][0]["policy"].shape[:2] == (3, 4 + 6)  # ceil(13 steps / seq_len 6) windows of burn_in + 6
+    assert calls[0][0]["policy"].shape[:2] == (13, 4 + 6)  # 13 sequences: 13 windows of burn_in + seq_len 6
