@@ -37,7 +37,7 @@ from common.evaluate import (
     format_table,
 )
 from common.metrics import MetricsLogger, dumps_json
-from common.policies import NetworkPolicy, check_obs_spec
+from common.policies import check_obs_spec, policy_from_checkpoint
 from common.rundir import code_version, output_path, run_dir
 from common.selection import BestCheckpoint
 from envs import env_config_with, make_env
@@ -123,7 +123,7 @@ def run(cfg) -> dict:
 
     plots = plot(load(out / "metrics.jsonl", "finetune"), out / "plots", "finetune")
     ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset)
-    result = _evaluate(cfg, ckpt, env_cfg)
+    result = _evaluate(cfg, ckpt)
     ckpt["eval"] = result
     torch.save(ckpt, final_path)
     _report(cfg, result, ckpt["finetune"])
@@ -224,12 +224,12 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
             "seed": int(cfg.seed), "code_version": code_version()}
 
 
-def _evaluate(cfg, ckpt: dict, env_cfg: dict) -> dict:
-    """The selected weights' deterministic success on the final evaluation's seeds (stage=eval's)."""
+def _evaluate(cfg, ckpt: dict) -> dict:
+    """The selected weights' deterministic success on the final evaluation's seeds, built by the same
+    loader stage=eval uses for this checkpoint (common/policies.py), so its table reproduces this one."""
     n = int(cfg.finetune.eval_episodes)
     env = make_env(evaluation_env_config(cfg, n))
-    student, _ = load_student(ckpt, env_name=env_cfg["name"])
-    result = evaluate_policy(env, NetworkPolicy(student, kind="student"), n, evaluation_seed(cfg.seed))
+    result = evaluate_policy(env, policy_from_checkpoint(ckpt, env), n, evaluation_seed(cfg.seed))
     env.close()
     result.update(env=env.cfg.name, policy="finetuned")
     return result
