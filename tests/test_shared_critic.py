@@ -16,6 +16,7 @@ from rl.recurrent_storage import RecurrentRolloutStorage, RolloutCarry, carry_in
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.student.model import build_student, student_from_config
 from rl.student_actor_critic import StudentActorCritic
+from tests.test_student_ppo import CFG, EPISODE, L, N, T, env_and_student  # episodes of 10 steps end inside sequences
 
 STUDENTS = {
     # obs_skip and the previous action: the head's input is [ACT output, normalised obs], prev action read
@@ -24,18 +25,10 @@ STUDENTS = {
     "rnn": ("rnn", {"hidden": [32], "rnn_hidden": 32, "rnn_layers": 2, "head_hidden": [32]}),
     "mlp": ("mlp", {"hidden": [32], "head_hidden": [32]}),
 }
-T, L, N, EPISODE = 24, 6, 4, 10  # episodes of 10 steps: time-outs and starts inside sequences
-CFG = PPOConfig(num_epochs=2, num_minibatches=2, learning_rate=1e-3)
 
 
 def setup(make, name: str, **kwargs):
-    env = make("pick_loose", num_envs=N, episode_length=EPISODE, num_threads=1)
-    obs = env.reset(seed=0)
-    env.episode_length_buf = torch.tensor([0, 3, 7, 9])  # desynchronised resets
-    torch.manual_seed(0)
-    kind, cfg = STUDENTS[name]
-    student = build_student(kind, env.obs_spec, {**cfg, "action_dim": env.num_actions})
-    student.fit_normalizer(obs["policy"] * 1.5 + 0.1)  # a normaliser other than the identity
+    env, obs, student = env_and_student(make, *STUDENTS[name])
     policy = StudentActorCritic(student, critic="shared", critic_hidden=[32, 32], **kwargs)
     obs_dims = {"policy": env.obs_spec.dim("policy")}
     if student.cfg.prev_action != "off":

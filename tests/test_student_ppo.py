@@ -26,14 +26,19 @@ T, L, N, EPISODE = 24, 6, 4, 10  # episodes of 10 steps end inside sequences of 
 CFG = PPOConfig(num_epochs=2, num_minibatches=2, learning_rate=1e-3)
 
 
-def setup(make, name: str):
+def env_and_student(make, kind: str, cfg: dict):
+    """A tiny env with desynchronised resets and a fresh student of ``kind`` on it: (env, first obs, student)."""
     env = make("pick_loose", num_envs=N, episode_length=EPISODE, num_threads=1)
     obs = env.reset(seed=0)
     env.episode_length_buf = torch.tensor([0, 3, 7, 9])  # desynchronised resets
     torch.manual_seed(0)
-    kind, cfg = STUDENTS[name]
     student = build_student(kind, env.obs_spec, {**cfg, "action_dim": env.num_actions})
     student.fit_normalizer(obs["policy"] * 1.5 + 0.1)  # a normaliser other than the identity
+    return env, obs, student
+
+
+def setup(make, name: str):
+    env, obs, student = env_and_student(make, *STUDENTS[name])
     policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=[32, 32])
     policy.update_normalizers(obs)
     obs_dims = {"policy": env.obs_spec.dim("policy"), "privileged": env.obs_spec.dim("privileged")}
