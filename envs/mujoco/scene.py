@@ -70,43 +70,16 @@ def _cube_xml(name: str, color: str, h: float, x: float) -> str:
     <body name="{name}_anchor" mocap="true" pos="{x:.3f} 0 {h}"/>"""
 
 
-def build_mjcf(spec: SceneSpec) -> str:
-    h = spec.cube_half_size
-    names = cube_names(spec)
-    cubes = "".join(
-        _cube_xml(n, BASE_COLOR if n == "base" else CUBE_COLORS[i % len(CUBE_COLORS)], h, 0.08 * i)
-        for i, n in enumerate(names)
-    )
-    welds = "".join(
-        f'\n    <weld name="{n}_static" body1="{n}" body2="{n}_anchor" relpose="0 0 0 1 0 0 0" '
-        f'active="false" solref="0.02 1"/>'
-        for n in names
-    )
-    t = spec.table_half_extent
-    return f"""<mujoco model="retry_gripper">
-  <compiler angle="radian" autolimits="true"/>
-  <option timestep="{spec.timestep}" integrator="Euler" cone="elliptic" impratio="10"/>
-  <visual>
-    <quality shadowsize="1024"/>
-    <global offwidth="640" offheight="480"/>
-  </visual>
-  <default>
+# The gripper and its servos, shared by the task scenes and the gripper-only model that is converted to
+# USD for Isaac Lab (build_gripper_mjcf): one robot definition for both simulators.
+_DEFAULTS = """  <default>
     <geom condim="3"/>
     <default class="object"><geom condim="3" priority="1"/></default>
     <default class="pad"><geom condim="3" friction="1.5 0.005 0.0001" rgba="0.15 0.15 0.15 1"/></default>
     <default class="visual"><geom contype="0" conaffinity="0" group="1"/></default>
-  </default>
-  <asset>
-    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
-             rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
-    <material name="table" texture="grid" texrepeat="6 6"/>
-  </asset>
-  <worldbody>
-    <light pos="0 -0.4 1.2" dir="0 0.3 -1" diffuse="0.8 0.8 0.8"/>
-    <camera name="front" pos="0 -0.55 0.38" xyaxes="1 0 0 0 0.55 0.85"/>
-    <geom name="table" type="box" size="{t} {t} 0.02" pos="0 0 -0.02" material="table"
-          friction="0.5 0.005 0.0001"/>
-    <body name="x_link" pos="0 0 0" gravcomp="1">
+  </default>"""
+
+_GRIPPER_BODY = f"""    <body name="x_link" pos="0 0 0" gravcomp="1">
       <joint name="x" type="slide" axis="1 0 0" range="-0.25 0.25" damping="5"/>
       <inertial pos="0 0 0" mass="0.2" diaginertia="1e-4 1e-4 1e-4"/>
       <body name="y_link" gravcomp="1">
@@ -133,20 +106,79 @@ def build_mjcf(spec: SceneSpec) -> str:
           </body>
         </body>
       </body>
-    </body>{cubes}
+    </body>"""
+
+# Position servos of the gripper joints: joint -> (kp, kv, ctrlrange). MJCF actuator gains do not carry
+# over to USD, so the Isaac Lab task builds its actuators from this table too.
+GRIPPER_SERVOS = {
+    "x": (1500, 60, "-0.25 0.25"),
+    "y": (1500, 60, "-0.25 0.25"),
+    "z": (2500, 80, "0.012 0.35"),
+    "yaw": (2, 0.12, "-3.2 3.2"),
+    "finger_left": (500, 5, f"0 {FINGER_OPEN}"),
+    "finger_right": (500, 5, f"0 {FINGER_OPEN}"),
+}
+_GRIPPER_ACTUATORS = "  <actuator>\n" + "".join(
+    f'    <position name="{j}" joint="{j}" kp="{kp}" kv="{kv}" ctrlrange="{r}"/>\n'
+    for j, (kp, kv, r) in GRIPPER_SERVOS.items()) + "  </actuator>"
+
+
+def build_gripper_mjcf() -> str:
+    """The gripper alone (no table, cubes or lights): the source of the USD that Isaac Lab spawns
+    (envs/isaaclab/assets.py). Its servo gains do not carry over to USD; the Isaac Lab task sets
+    its actuators from ``GRIPPER_SERVOS``."""
+    return f"""<mujoco model="retry_gripper">
+  <compiler angle="radian" autolimits="true"/>
+{_DEFAULTS}
+  <worldbody>
+{_GRIPPER_BODY}
+  </worldbody>
+  <contact>
+    <exclude body1="finger_left_link" body2="finger_right_link"/>
+  </contact>
+{_GRIPPER_ACTUATORS}
+</mujoco>
+"""
+
+
+def build_mjcf(spec: SceneSpec) -> str:
+    h = spec.cube_half_size
+    names = cube_names(spec)
+    cubes = "".join(
+        _cube_xml(n, BASE_COLOR if n == "base" else CUBE_COLORS[i % len(CUBE_COLORS)], h, 0.08 * i)
+        for i, n in enumerate(names)
+    )
+    welds = "".join(
+        f'\n    <weld name="{n}_static" body1="{n}" body2="{n}_anchor" relpose="0 0 0 1 0 0 0" '
+        f'active="false" solref="0.02 1"/>'
+        for n in names
+    )
+    t = spec.table_half_extent
+    return f"""<mujoco model="retry_gripper">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{spec.timestep}" integrator="Euler" cone="elliptic" impratio="10"/>
+  <visual>
+    <quality shadowsize="1024"/>
+    <global offwidth="640" offheight="480"/>
+  </visual>
+{_DEFAULTS}
+  <asset>
+    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
+             rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
+    <material name="table" texture="grid" texrepeat="6 6"/>
+  </asset>
+  <worldbody>
+    <light pos="0 -0.4 1.2" dir="0 0.3 -1" diffuse="0.8 0.8 0.8"/>
+    <camera name="front" pos="0 -0.55 0.38" xyaxes="1 0 0 0 0.55 0.85"/>
+    <geom name="table" type="box" size="{t} {t} 0.02" pos="0 0 -0.02" material="table"
+          friction="0.5 0.005 0.0001"/>
+{_GRIPPER_BODY}{cubes}
   </worldbody>
   <equality>{welds}
   </equality>
   <contact>
     <exclude body1="finger_left_link" body2="finger_right_link"/>
   </contact>
-  <actuator>
-    <position name="x" joint="x" kp="1500" kv="60" ctrlrange="-0.25 0.25"/>
-    <position name="y" joint="y" kp="1500" kv="60" ctrlrange="-0.25 0.25"/>
-    <position name="z" joint="z" kp="2500" kv="80" ctrlrange="0.012 0.35"/>
-    <position name="yaw" joint="yaw" kp="2" kv="0.12" ctrlrange="-3.2 3.2"/>
-    <position name="finger_left" joint="finger_left" kp="500" kv="5" ctrlrange="0 {FINGER_OPEN}"/>
-    <position name="finger_right" joint="finger_right" kp="500" kv="5" ctrlrange="0 {FINGER_OPEN}"/>
-  </actuator>
+{_GRIPPER_ACTUATORS}
 </mujoco>
 """
