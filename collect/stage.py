@@ -19,7 +19,7 @@ from common.policies import load_checkpoint, policy_from_checkpoint
 from common.rundir import code_version, run_dir
 from datasets.store import EpisodeStore
 from datasets.summary import summarize
-from envs import env_config_with, make_env
+from envs import env_config_dict, env_config_with, make_env
 from envs.base import ConfigError
 
 
@@ -39,7 +39,8 @@ def run(cfg) -> dict:
     teacher = policy_from_checkpoint(ckpt, env, path=ckpt_path)
 
     out = Path(c.out).expanduser().resolve() if c.out else run_dir(cfg) / "dataset.zarr"
-    attrs = {"env": env.cfg.name, "env_cfg": collect_env_cfg, "obs_spec": env.obs_spec.to_dict(),
+    attrs = {"env": env.cfg.name, "simulator": collect_env_cfg["simulator"], "env_cfg": collect_env_cfg,
+             "obs_spec": env.obs_spec.to_dict(),
              "teacher": teacher_kind, "teacher_sha256": teacher_sha, "code_version": code_version(),
              "seed": int(cfg.seed), "collect_cfg": OmegaConf.to_container(c, resolve=True),
              "action_bounds": [-1.0, 1.0]}
@@ -59,7 +60,8 @@ def run(cfg) -> dict:
         return _finish(cfg, out, summarize(store))
     if out.exists():
         store = EpisodeStore.open(out, mode="a", flush_every=int(c.flush_every))
-        if store.attrs.get("env_cfg") != collect_env_cfg or store.attrs.get("seed") != int(cfg.seed):
+        recorded = env_config_dict(store.attrs.get("env_cfg") or {})  # older stores record no simulator: mujoco
+        if recorded != collect_env_cfg or store.attrs.get("seed") != int(cfg.seed):
             raise ConfigError(f"{out} was collected with another env config or seed; resume with the same "
                               f"settings, or pass collect.out=NEW_PATH")
         print(f"[collect] resuming {out}: {store.num_episodes} episodes already committed")

@@ -73,7 +73,7 @@ def positive(default: Any = MISSING) -> Any:
 
 @dataclass
 class EnvSchema(TaskConfig):
-    simulator: str = spec("mujoco", choices=("mujoco",))
+    simulator: str = spec("mujoco", choices=("mujoco", "isaaclab"))
 
 
 @dataclass

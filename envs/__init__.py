@@ -1,12 +1,15 @@
 """Environments behind one contract (see ``envs/base.py``).
 
-``make_env(env_cfg)`` builds the env that a config names: the built-in MuJoCo tasks here, the
-Isaac Lab wrapper (optional extra, imported lazily) later.
+``make_env(env_cfg)`` builds the env that a config names: ``env.simulator=mujoco`` (the default) the
+built-in MuJoCo tasks, ``env.simulator=isaaclab`` the same tasks in Isaac Lab 3.0 (an optional extra
+on Python 3.12, imported lazily: envs/isaaclab/).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from envs.base import ConfigError
 
 
 def make_env(env_cfg: Any, **overrides):
@@ -17,13 +20,22 @@ def make_env(env_cfg: Any, **overrides):
     data = env_config_dict(env_cfg)
     data.update(overrides)
     device = data.pop("device", "cpu")
+    simulator = data.pop("simulator")
+    sim_device = data.pop("sim_device", "cpu")  # Isaac Lab's physics device; the task logic runs on the CPU
+    if simulator == "isaaclab":
+        from envs.isaaclab.task_env import IsaacLabTaskEnv
+
+        return IsaacLabTaskEnv(parse_task_config(data), device=device, sim_device=sim_device)
+    if simulator != "mujoco":
+        raise ConfigError(f"env.simulator={simulator!r}; choose mujoco or isaaclab")
     return MujocoVecEnv(parse_task_config(data), device=device)
 
 
 def env_config_dict(cfg: Any) -> dict:
-    """A plain, resolved dict of an env config (what checkpoints and datasets record)."""
+    """A plain, resolved dict of an env config (what checkpoints and datasets record), with its
+    ``simulator`` (``mujoco`` where a config, or an older record, names none)."""
     data = _to_dict(cfg)
-    data.pop("simulator", None)
+    data.setdefault("simulator", "mujoco")
     return data
 
 

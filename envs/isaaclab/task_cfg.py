@@ -45,9 +45,9 @@ def build_env_cfg(cfg: TaskConfig, usd_path: Path, sim_device: str = "cpu"):
         return RigidObjectCfg(
             prim_path="{ENV_REGEX_NS}/" + name,
             spawn=sim_utils.CuboidCfg(
-                size=(size, size, size), rigid_props=sim_utils.RigidBodyPropertiesCfg(),
-                mass_props=sim_utils.MassPropertiesCfg(mass=0.1),
-                collision_props=sim_utils.CollisionPropertiesCfg()),
+                size=(size, size, size), rigid_props=[sim_utils.UsdPhysicsRigidBodyCfg()],
+                mass_props=[sim_utils.MassCfg(mass=0.1)],
+                collision_props=[sim_utils.UsdPhysicsCollisionCfg(collision_enabled=True)]),
             init_state=RigidObjectCfg.InitialStateCfg(pos=(0.08 * k, 0.0, size / 2)),  # each episode places them
         )
 
@@ -55,9 +55,9 @@ def build_env_cfg(cfg: TaskConfig, usd_path: Path, sim_device: str = "cpu"):
     class SceneCfg(InteractiveSceneCfg):
         gripper = ArticulationCfg(
             prim_path="{ENV_REGEX_NS}/Gripper",
-            # gravity off: the MJCF gripper has gravity compensation (gravcomp) on every body
-            spawn=sim_utils.UsdFileCfg(usd_path=str(usd_path),
-                                       rigid_props=sim_utils.RigidBodyPropertiesCfg(disable_gravity=True)),
+            # (the MJCF's gravity compensation is a wrench in IsaacLabTaskEnv: on Newton a body's
+            # disable_gravity switches gravity off for the whole scene)
+            spawn=sim_utils.UsdFileCfg(usd_path=str(usd_path)),
             init_state=ArticulationCfg.InitialStateCfg(joint_pos={"z": cfg.layout.gripper_start[2]}),
             actuators={j: ImplicitActuatorCfg(joint_names_expr=[j], stiffness=float(kp), damping=float(kv))
                        for j, (kp, kv, _) in scene.GRIPPER_SERVOS.items()},
@@ -65,7 +65,7 @@ def build_env_cfg(cfg: TaskConfig, usd_path: Path, sim_device: str = "cpu"):
         table = AssetBaseCfg(
             prim_path="{ENV_REGEX_NS}/Table",
             spawn=sim_utils.CuboidCfg(
-                size=(2 * t, 2 * t, 0.04), collision_props=sim_utils.CollisionPropertiesCfg(),
+                size=(2 * t, 2 * t, 0.04), collision_props=[sim_utils.UsdPhysicsCollisionCfg(collision_enabled=True)],
                 physics_material=sim_utils.RigidBodyMaterialCfg(static_friction=TABLE_FRICTION,
                                                                 dynamic_friction=TABLE_FRICTION)),
             init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, -0.02)),

@@ -7,6 +7,7 @@ the state in MuJoCo's layout (``envs/task_env.py``): positions relative to each 
 quaternions converted from Isaac Lab's xyzw to wxyz.
 
 What the MuJoCo scene does with model features, done here by hand (docs/isaaclab.md):
+- gravity compensation of the gripper (MJCF ``gravcomp``): a permanent upward wrench m g per body;
 - a welded ("static") cube: its pose is written back to its anchor, velocity zero, before every
   physics step (MuJoCo: a weld equality);
 - the cube's friction wins every contact (MuJoCo: geom priority): the gripper's shapes get friction
@@ -68,6 +69,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         self._anchor = np.zeros((self.num_envs, self.n_objects, 7))  # welded objects' poses, local, wxyz
         self._all = torch.arange(self.num_envs, device=self.sim_device)
         self._zero_gripper_friction()
+        self._compensate_gripper_gravity()
         self._finish_init()
 
     # ------------------------------------------------------------------ helpers
@@ -91,6 +93,14 @@ class IsaacLabTaskEnv(GripperTaskEnv):
     def _zero_gripper_friction(self) -> None:
         self._shape_friction(self._gripper)[:] = 0.0
         self._model_changed()
+
+    def _compensate_gripper_gravity(self) -> None:
+        """The MJCF's ``gravcomp="1"`` on every gripper body: a constant upward force m g on each. (Without
+        it the z servo sags m g / kp = 2 mm under the gripper's weight.)"""
+        mass = _t(self._gripper.data.body_mass).to(self.sim_device).float()  # (N, bodies)
+        force = torch.zeros(*mass.shape, 3, device=self.sim_device)
+        force[..., 2] = 9.81 * mass
+        self._gripper.permanent_wrench_composer.set_forces_and_torques_index(forces=force, is_global=True)
 
     def _world_pose(self, ids: np.ndarray, local_wxyz: np.ndarray) -> torch.Tensor:
         """(n, 7) Isaac Lab root poses (world position, xyzw) from local wxyz poses of envs ``ids``."""
@@ -117,7 +127,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
                     vel = self._qvel[ids, self._vadr[o]: self._vadr[o] + 6].copy()
                     vel[:, :3] += self._kick[ids, o]
                     obj.write_root_velocity_to_sim_index(root_velocity=self._to_sim(vel), env_ids=self._ids(ids))
-        self._gripper.set_joint_position_target_index(target=self._to_sim(self._ctrl))
+        self._gripper.actuators.target_command.set_position_index(value=self._to_sim(self._ctrl))
         for _ in range(self.cfg.substeps):
             self._hold_welded()
             env.scene.write_data_to_sim()
@@ -163,7 +173,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         g = self._gripper
         g.write_joint_position_to_sim_index(position=self._to_sim(self._qpos[ids, :6]), env_ids=tid)
         g.write_joint_velocity_to_sim_index(velocity=self._to_sim(self._qvel[ids, :6]), env_ids=tid)
-        g.set_joint_position_target_index(target=self._to_sim(self._ctrl[ids]), env_ids=tid)
+        g.actuators.target_command.set_position_index(value=self._to_sim(self._ctrl[ids]), env_ids=tid)
         st = self.st
         for o, obj in enumerate(self._objects):
             a, v = self._qadr[o], self._vadr[o]
