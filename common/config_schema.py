@@ -284,6 +284,7 @@ class EvalSchema:
     ckpt: str | None = MISSING
     num_episodes: int = count()
     num_envs: int = count()
+    simulators: list[str] | None = MISSING  # checked by evaluation.stage.simulators
     perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 

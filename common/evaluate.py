@@ -61,7 +61,8 @@ def evaluation_env_config(cfg, num_episodes: int) -> dict:
 def evaluate_policy(env, policy, num_episodes: int, seed: int, progress: bool = True) -> dict:
     """``evaluate`` for a ``common.policies.Policy``, with the devices it ran on."""
     result = evaluate(env, policy.act, policy.reset, num_episodes, seed, progress)
-    result.update(policy_device=policy.device.type, sim_device=str(env.device))
+    result.update(policy_device=policy.device.type, simulator=getattr(env, "simulator", "mujoco"),
+                  sim_device=str(getattr(env, "sim_device", env.device)))
     return result
 
 
@@ -74,7 +75,8 @@ def device_note() -> str:
     """What the device columns cover on this machine (printed under every table)."""
     cuda = ("cuda is available: the policies run on cpu and on cuda (the scripted expert on cpu only)"
             if torch.cuda.is_available() else "cuda is not available on this machine: cpu/cpu only")
-    return f"{cuda}; the MuJoCo sim runs on the CPU only (sim device cpu)."
+    return (f"{cuda}; the MuJoCo sim runs on the CPU only (sim device cpu), Isaac Lab's on env.sim_device "
+            f"(simulator column: eval.simulators).")
 
 
 def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Tensor], None],
@@ -129,12 +131,15 @@ def format_table(rows: list[dict]) -> str:
     name their policy (``policy``; ``label`` too: what the policy is, e.g. "LSTM student")."""
     named = all("policy" in r for r in rows)
     labelled = named and all("label" in r for r in rows)
-    head = ("| what " if labelled else "") + ("| policy " if named else "")
+    # A simulator column where a row is not MuJoCo's (eval.simulators, or env.simulator=isaaclab)
+    sims = any(r.get("simulator", "mujoco") != "mujoco" for r in rows)
+    head = ("| what " if labelled else "") + ("| policy " if named else "") + ("| simulator " if sims else "")
     head += ("| policy device | sim device | Successes | Mean reward | Mean episode length "
              "| Mean attempts to success |\n")
-    head += "|---" * (6 + named + labelled) + "|\n"
+    head += "|---" * (6 + named + labelled + sims) + "|\n"
     for r in rows:
         head += (f"| {r['label']} " if labelled else "") + (f"| {r['policy']} " if named else "")
+        head += f"| {r.get('simulator', 'mujoco')} " if sims else ""
         head += (f"| {r['policy_device']} | {r['sim_device']} | {r['successes']}/{r['episodes']} "
                  f"({100 * r['success_rate']:.1f}%) | {r['mean_reward']:.2f} | {r['mean_episode_length']:.1f} "
                  f"| {r['mean_attempts_to_success']:.2f} |\n")

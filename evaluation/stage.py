@@ -68,25 +68,36 @@ def checkpoints(cfg) -> list[Path]:
     return found
 
 
+def simulators(cfg) -> list[str]:
+    """``eval.simulators`` (e.g. [mujoco, isaaclab]: one table row per simulator), default the env's own."""
+    sims = list(cfg.eval.get("simulators") or [cfg.env.get("simulator", "mujoco")])
+    for sim in sims:
+        if sim not in ("mujoco", "isaaclab"):
+            raise ConfigError(f"eval.simulators has {sim!r}; choose from [mujoco, isaaclab]")
+    return sims
+
+
 def run(cfg) -> dict:
     n, seed = int(cfg.eval.num_episodes), evaluation_seed(cfg.seed)
     paths = checkpoints(cfg)
-    env = make_env(evaluation_env_config(cfg, n))
-    # every checkpoint is read and built before anything is evaluated or written: bad input costs nothing
-    ckpts = [load_checkpoint(p, env.cfg.name) for p in paths]
-    cpu_policies = [policy_from_checkpoint(c, env, "cpu", p) for c, p in zip(ckpts, paths)]
     json_path, md_path = output_path(cfg, "eval.json"), output_path(cfg, "eval.md")
     rows = []
-    for path, ckpt, cpu_policy in zip(paths, ckpts, cpu_policies):
-        for policy_device, _sim in device_pairs():
-            if policy_device not in cpu_policy.devices:
-                continue
-            policy = cpu_policy if policy_device == "cpu" else policy_from_checkpoint(ckpt, env, policy_device, path)
-            result = evaluate_policy(env, policy, n, seed)
-            rows.append({"policy": path.name, "label": label(path, ckpt), "kind": policy.kind,
-                         "checkpoint": str(path), **result,
-                         "mean_attempts": result["mean_attempts_to_success"]})
-    env.close()
+    for sim in simulators(cfg):
+        env = make_env({**evaluation_env_config(cfg, n), "simulator": sim})
+        # every checkpoint is read and built before anything is evaluated or written: bad input costs nothing
+        ckpts = [load_checkpoint(p, env.cfg.name) for p in paths]
+        cpu_policies = [policy_from_checkpoint(c, env, "cpu", p) for c, p in zip(ckpts, paths)]
+        for path, ckpt, cpu_policy in zip(paths, ckpts, cpu_policies):
+            for policy_device, _sim in device_pairs():
+                if policy_device not in cpu_policy.devices:
+                    continue
+                policy = (cpu_policy if policy_device == "cpu"
+                          else policy_from_checkpoint(ckpt, env, policy_device, path))
+                result = evaluate_policy(env, policy, n, seed)
+                rows.append({"policy": path.name, "label": label(path, ckpt), "kind": policy.kind,
+                             "checkpoint": str(path), **result,
+                             "mean_attempts": result["mean_attempts_to_success"]})
+        env.close()  # Isaac Lab: one simulation per process at a time
     perturbations = OmegaConf.to_container(cfg.eval.perturbations, resolve=True)
     report = {"env": env.cfg.name, "seed": seed, "num_episodes": n, "num_envs": env.num_envs,
               "perturbations": perturbations, "devices": device_note(), "rows": rows}

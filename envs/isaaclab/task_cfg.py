@@ -98,6 +98,7 @@ def build_env_cfg(cfg: TaskConfig, usd_path: Path, sim_device: str = "cpu"):
 
         def __post_init__(self):
             self.decimation = cfg.substeps
+            self.sim.render_interval = cfg.substeps  # nothing renders kit-less; one render per step if anything
             self.episode_length_s = cfg.episode_length * cfg.control_dt
             self.seed = cfg.seed
             for k, name in enumerate(object_names(cfg)):  # the scene's entities: any attribute of its cfg
