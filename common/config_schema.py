@@ -74,6 +74,7 @@ def positive(default: Any = MISSING) -> Any:
 @dataclass
 class EnvSchema(TaskConfig):
     simulator: str = spec("mujoco", choices=("mujoco", "isaaclab"))
+    sim_device: str = "cpu"
 
 
 @dataclass
@@ -374,6 +375,7 @@ def check_env(env: DictConfig, overlays: dict[str, Any]) -> None:
     types by the env's dataclass, ranges by ``parse_task_config`` (the env's one validator)."""
     base = OmegaConf.to_container(env, resolve=True)
     base.pop("simulator", None)
+    base.pop("sim_device", None)
     parse_task_config(base)
     for source, overlay in overlays.items():
         try:  # the overlay alone: its own keys in the error, not env.perturbations.*

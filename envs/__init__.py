@@ -25,6 +25,10 @@ def make_env(env_cfg: Any, **overrides):
     if simulator == "isaaclab":
         from envs.isaaclab.task_env import IsaacLabTaskEnv
 
+        if IsaacLabTaskEnv.open_envs:  # Isaac Lab runs one simulation per process: a second env gets its own
+            from envs.subprocess_env import SubprocessEnv
+
+            return SubprocessEnv({**data, "simulator": simulator, "sim_device": sim_device, "device": device})
         return IsaacLabTaskEnv(parse_task_config(data), device=device, sim_device=sim_device)
     if simulator != "mujoco":
         raise ConfigError(f"env.simulator={simulator!r}; choose mujoco or isaaclab")
@@ -33,9 +37,10 @@ def make_env(env_cfg: Any, **overrides):
 
 def env_config_dict(cfg: Any) -> dict:
     """A plain, resolved dict of an env config (what checkpoints and datasets record), with its
-    ``simulator`` (``mujoco`` where a config, or an older record, names none)."""
+    ``simulator`` and ``sim_device`` (``mujoco`` and ``cpu`` where a config, or an older record, names none)."""
     data = _to_dict(cfg)
     data.setdefault("simulator", "mujoco")
+    data.setdefault("sim_device", "cpu")
     return data
 
 

@@ -64,6 +64,12 @@ def load_demo_states(path, env) -> DemoStates:
     if made_for is not None and ours is not None and made_for != ours:
         raise ConfigError(f"dataset {path} was collected on {made_for}, fine-tuning runs {ours}; "
                           f"point finetune at a {ours} dataset or set env to {made_for}")
+    sim = store.attrs.get("simulator") or (store.attrs.get("env_cfg") or {}).get("simulator", "mujoco")
+    ours_sim = getattr(env, "simulator", "mujoco")
+    if sim != ours_sim:
+        raise ConfigError(f"dataset {path} holds {sim} states, fine-tuning runs in {ours_sim}: a simulator's state "
+                          f"does not start the other; set finetune.demo_reset_prob=0 (the imitation term still "
+                          f"uses the demonstrations) or collect them in {ours_sim}")
     width = store.array("data/sim_state").shape[1]
     if width != env.state_size:
         raise ConfigError(f"dataset {path} stores states of {width} values, this {ours or 'env'} has "

@@ -15,6 +15,7 @@ def env_config(name: str, **overrides) -> dict:
     cfg = yaml.safe_load((ROOT / "configs" / "env" / f"{name}.yaml").read_text())
     cfg["seed"] = 0
     cfg.pop("simulator", None)
+    cfg.pop("sim_device", None)
     for key, value in overrides.items():
         if isinstance(value, dict):
             cfg[key] = {**cfg.get(key, {}), **value}

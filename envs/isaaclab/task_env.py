@@ -43,6 +43,7 @@ def _wxyz(q_xyzw: np.ndarray) -> np.ndarray:
 
 class IsaacLabTaskEnv(GripperTaskEnv):
     simulator = "isaaclab"
+    open_envs = 0  # in this process; Isaac Lab allows one at a time (make_env puts a second in a child)
 
     def __init__(self, cfg: TaskConfig, device: str = "cpu", sim_device: str = "cpu"):
         require_isaaclab()
@@ -60,6 +61,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         self._launch = launch_simulation(env_cfg, {"headless": True})
         self._launch.__enter__()
         self.env = ManagerBasedRLEnv(env_cfg)
+        IsaacLabTaskEnv.open_envs += 1
         self.sim_device = torch.device(sim_device)
         sc = self.env.scene
         self._gripper = sc["gripper"]
@@ -213,4 +215,5 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         if getattr(self, "env", None) is not None:
             self.env.close()
             self.env = None
+            IsaacLabTaskEnv.open_envs -= 1
             self._launch.__exit__(None, None, None)

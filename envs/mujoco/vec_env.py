@@ -32,6 +32,8 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # physics + ctrl, eq_active, m
 
 
 class MujocoVecEnv(GripperTaskEnv):
+    simulator = "mujoco"
+
     def __init__(self, cfg: TaskConfig, device: str = "cpu"):
         self._init_task(cfg, device)
         N = self.num_envs

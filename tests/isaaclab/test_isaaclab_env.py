@@ -111,3 +111,21 @@ def test_scripted_expert_lifts_in_isaac_lab(env):
 def test_one_cube_size_per_isaac_lab_task():
     with pytest.raises(ConfigError, match="half_size"):
         make_env({**env_config("lift", num_envs=1, cube={"half_size": [0.015, 0.025]}), "simulator": "isaaclab"})
+
+
+def test_a_second_isaac_lab_env_runs_in_a_child_process_and_plays_the_same(env):
+    from envs.subprocess_env import SubprocessEnv
+
+    other = make_env({**env_config("lift", num_envs=N, episode_length=40), "simulator": "isaaclab"})
+    try:
+        assert isinstance(other, SubprocessEnv)  # one simulation per process: the module's env is open
+        assert other.obs_spec.to_dict() == env.obs_spec.to_dict() and other.num_envs == N
+        a, b = env.reset(seed=5), other.reset(seed=5)
+        assert torch.allclose(a["privileged"], b["privileged"])
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            action = torch.randn(N, 5, generator=g)
+            (oa, ra, _, _), (ob, rb, _, _) = env.step(action), other.step(action)
+        assert torch.allclose(oa["privileged"], ob["privileged"], atol=1e-4) and torch.allclose(ra, rb, atol=1e-5)
+    finally:
+        other.close()
