@@ -56,3 +56,25 @@ def test_stage_eval_prints_a_row_per_simulator(tmp_path):
     assert all(x["successes"] == 4 for x in rows)  # the scripted expert lifts in both
     table = (run / "eval.md").read_text()
     assert "| simulator |" in table and "| isaaclab |" in table
+
+
+def test_stage_all_on_isaac_lab_teacher_collect_bc_finetune_eval(tmp_path):
+    run = tmp_path / "all"
+    r = pipeline("stage=all", "preset=quick", "teacher=scripted", "env=lift", "env.simulator=isaaclab",
+                 f"run_dir={run}", "logger.mode=disabled", "teacher.eval_episodes=4", "eval.num_episodes=4",
+                 "env.episode_length=30", "env.num_envs=4", "collect.num_episodes=4", "collect.num_envs=4",
+                 "bc.epochs=1", "bc.eval_episodes=4", "bc.model=mlp", "bc.baselines=[]", "bc.progress=false",
+                 "finetune.iterations=2", "finetune.critic_warmup_iterations=1", "finetune.num_envs=4",
+                 "finetune.select.every=1", "finetune.select.episodes=4", "finetune.eval_episodes=4",
+                 "finetune.progress=false", "finetune.diag_every=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "pipeline_summary.json").read_text())
+    assert summary["collect"]["episodes"] == 4
+    from datasets.store import EpisodeStore
+
+    assert EpisodeStore.open(run / "dataset.zarr").attrs["simulator"] == "isaaclab"  # the store says who made it
+    assert (run / "student.pt").exists() and (run / "finetuned.pt").exists()
+    rows = json.loads((run / "eval.json").read_text())["rows"]
+    assert [row["policy"] for row in rows] == ["teacher.pt", "student.pt", "finetuned.pt"]
+    assert {row["simulator"] for row in rows} == {"isaaclab"}
+    assert rows[0]["successes"] == 4  # the scripted expert lifts in Isaac Lab
