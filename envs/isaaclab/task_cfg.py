@@ -110,3 +110,53 @@ def build_env_cfg(cfg: TaskConfig, usd_path: Path, sim_device: str = "cpu"):
                 use_cuda_graph=sim_device != "cpu")
 
     return GripperTaskCfg()
+
+
+# ------------------------------------------------------------------ gymnasium registration
+# Our tasks as Isaac Lab task ids (what `gym.make` and Isaac Lab's own scripts take), each built from its
+# configs/env yaml with seed 0. Through envs/isaaclab/adapter.IsaacLabVecEnv they step with Isaac Lab's
+# managers (joint-position actions, a time-out); IsaacLabTaskEnv adds the tasks' own reward and success.
+TASK_IDS = {"RetryImitation-Lift-v1": "lift", "RetryImitation-PickLoose-v1": "pick_loose",
+            "RetryImitation-Stack-v1": "stack", "RetryImitation-StackPickMulti-v1": "stack_pick_multi"}
+_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "env"
+
+
+def yaml_env_cfg(name: str):
+    """The Isaac Lab env cfg of configs/env/<name>.yaml (seed 0)."""
+    from omegaconf import OmegaConf
+
+    from envs.isaaclab import assets
+    from envs.mujoco.config import parse_task_config
+
+    data = OmegaConf.load(_CONFIGS / f"{name}.yaml")
+    data.seed = 0
+    data = OmegaConf.to_container(data, resolve=True)
+    sim_device = data.pop("sim_device", "cpu")
+    data.pop("simulator", None)
+    return build_env_cfg(parse_task_config(data), assets.gripper_usd(), sim_device)
+
+
+def lift_cfg():
+    return yaml_env_cfg("lift")
+
+
+def pick_loose_cfg():
+    return yaml_env_cfg("pick_loose")
+
+
+def stack_cfg():
+    return yaml_env_cfg("stack")
+
+
+def stack_pick_multi_cfg():
+    return yaml_env_cfg("stack_pick_multi")
+
+
+def register_tasks() -> None:
+    """Register TASK_IDS with gymnasium (idempotent)."""
+    import gymnasium as gym
+
+    for task_id, name in TASK_IDS.items():
+        if task_id not in gym.registry:
+            gym.register(id=task_id, entry_point="isaaclab.envs:ManagerBasedRLEnv", disable_env_checker=True,
+                         kwargs={"env_cfg_entry_point": f"{__name__}:{name}_cfg"})
