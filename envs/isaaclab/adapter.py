@@ -54,6 +54,9 @@ class IsaacLabVecEnv:
         self._launch = launch_simulation(cfg, {"headless": True})
         self._launch.__enter__()
         self.env = gym.make(task, cfg=cfg).unwrapped
+        from envs.isaaclab.task_env import IsaacLabTaskEnv
+
+        IsaacLabTaskEnv.open_envs += 1  # one simulation per process: make_env puts the next one in a child
         self.task, self.num_envs, self.device = task, num_envs, torch.device(device)
         self.sim_device = torch.device(sim_device)
         self.num_actions = int(self.env.action_manager.total_action_dim)
@@ -147,3 +150,6 @@ class IsaacLabVecEnv:
             self.env.close()
             self.env = None
             self._launch.__exit__(None, None, None)
+            from envs.isaaclab.task_env import IsaacLabTaskEnv
+
+            IsaacLabTaskEnv.open_envs -= 1
