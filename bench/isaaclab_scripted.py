@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--env", nargs="+", default=["lift", "pick_loose"])
     parser.add_argument("--envs", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=4, help="episodes per env (episodes = envs x this)")
+    parser.add_argument("--sim-device", default="cpu", help="Isaac Lab's physics device, e.g. cuda:0")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "isaaclab_scripted.json"))
     args = parser.parse_args()
     rows = []
@@ -74,7 +75,7 @@ def main() -> None:
         cfg.update(seed=SEED, num_envs=args.envs)
         played = {}
         for sim in ("mujoco", "isaaclab"):
-            env = make_env({**cfg, "simulator": sim})
+            env = make_env({**cfg, "simulator": sim, "sim_device": args.sim_device if sim == "isaaclab" else "cpu"})
             played[sim] = play(env, args.episodes)
             env.close()
         seeds = sorted(set(played["mujoco"][0]) & set(played["isaaclab"][0]))
@@ -92,6 +93,7 @@ def main() -> None:
     import mujoco
 
     result = {"bench": "isaaclab_scripted", "seed": SEED, "num_envs": args.envs, "mujoco": mujoco.__version__,
+              "sim_device": args.sim_device,
               "ours": ours, "baseline": base, "ratio": ours / base if base else None, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -48,9 +48,12 @@ GROUP = "privileged"
 TARGETS = (0.5, 0.9)
 
 
+SIMULATOR = {"simulator": "mujoco", "sim_device": "cpu"}  # --simulator / --sim-device
+
+
 def env_config(seed: int, num_envs: int, train: bool) -> dict:
     cfg = yaml.safe_load((ROOT / "configs" / "env" / "lift.yaml").read_text())
-    cfg.update(seed=seed, num_envs=num_envs)
+    cfg.update(seed=seed, num_envs=num_envs, **SIMULATOR)
     if train:
         teacher = yaml.safe_load((ROOT / "configs" / "teacher" / "ppo.yaml").read_text())
         cfg["perturbations"].update(teacher["train_perturbations"])
@@ -218,8 +221,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="train nothing: merge the runs of earlier outputs (same settings) into one report")
+    p.add_argument("--simulator", default="mujoco", choices=("mujoco", "isaaclab"),
+                   help="isaaclab: run with .venv-isaaclab/bin/python (docs/isaaclab.md)")
+    p.add_argument("--sim-device", default="cpu", help="Isaac Lab's physics device, e.g. cuda:0")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "ppo_vs_rsl_rl.json"))
     args = p.parse_args()
+    SIMULATOR.update(simulator=args.simulator, sim_device=args.sim_device)
     if args.merge:
         loaded = [json.loads(Path(f).read_text()) for f in args.merge]
         keys = ("env_steps", "num_envs", "eval_every", "eval_episodes")
@@ -250,7 +257,7 @@ def main() -> None:
         run["ratio"] = run["ours"]["env_steps_per_s"] / run["rsl_rl"]["env_steps_per_s"]
         runs.append(run)
     meta = {"env_steps": steps, "num_envs": args.num_envs, "eval_every": args.eval_every,
-            "eval_episodes": args.eval_episodes}
+            "eval_episodes": args.eval_episodes, **SIMULATOR}
     print(json.dumps(report(runs, meta, Path(args.out))))
 
 
