@@ -374,6 +374,10 @@ def check_env(env: DictConfig, overlays: dict[str, Any]) -> None:
     node: ``collect.perturbations``, ``teacher.train_perturbations``), as the stage will see them:
     types by the env's dataclass, ranges by ``parse_task_config`` (the env's one validator)."""
     base = OmegaConf.to_container(env, resolve=True)
+    if base.get("simulator") == "isaaclab":  # before the run directory is made: nothing written
+        from envs.isaaclab import require_isaaclab
+
+        require_isaaclab()
     base.pop("simulator", None)
     base.pop("sim_device", None)
     parse_task_config(base)
