@@ -23,12 +23,14 @@ def make_env(env_cfg: Any, **overrides):
     simulator = data.pop("simulator")
     sim_device = data.pop("sim_device", "cpu")  # Isaac Lab's physics device; the task logic runs on the CPU
     if simulator == "isaaclab":
-        from envs.isaaclab.task_env import IsaacLabTaskEnv
+        from envs.isaaclab import OPEN
 
-        if IsaacLabTaskEnv.open_envs:  # Isaac Lab runs one simulation per process: a second env gets its own
+        if OPEN["simulations"]:  # Isaac Lab runs one simulation per process: a second env gets its own
             from envs.subprocess_env import SubprocessEnv
 
             return SubprocessEnv({**data, "simulator": simulator, "sim_device": sim_device, "device": device})
+        from envs.isaaclab.task_env import IsaacLabTaskEnv
+
         return IsaacLabTaskEnv(parse_task_config(data), device=device, sim_device=sim_device)
     if simulator != "mujoco":
         raise ConfigError(f"env.simulator={simulator!r}; choose mujoco or isaaclab")

@@ -80,12 +80,12 @@ def simulators(cfg) -> list[str]:
 def run(cfg) -> dict:
     n, seed = int(cfg.eval.num_episodes), evaluation_seed(cfg.seed)
     paths = checkpoints(cfg)
+    # every checkpoint is read (and, per simulator, built) before anything is evaluated or written
+    ckpts = [load_checkpoint(p, str(cfg.env.name)) for p in paths]
     json_path, md_path = output_path(cfg, "eval.json"), output_path(cfg, "eval.md")
     rows = []
     for sim in simulators(cfg):
         env = make_env({**evaluation_env_config(cfg, n), "simulator": sim})
-        # every checkpoint is read and built before anything is evaluated or written: bad input costs nothing
-        ckpts = [load_checkpoint(p, env.cfg.name) for p in paths]
         cpu_policies = [policy_from_checkpoint(c, env, "cpu", p) for c, p in zip(ckpts, paths)]
         for path, ckpt, cpu_policy in zip(paths, ckpts, cpu_policies):
             for policy_device, _sim in device_pairs():

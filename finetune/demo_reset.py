@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from datasets.store import EpisodeStore
+from envs import env_config_dict
 from envs.base import ConfigError
 
 
@@ -64,7 +65,7 @@ def load_demo_states(path, env) -> DemoStates:
     if made_for is not None and ours is not None and made_for != ours:
         raise ConfigError(f"dataset {path} was collected on {made_for}, fine-tuning runs {ours}; "
                           f"point finetune at a {ours} dataset or set env to {made_for}")
-    sim = store.attrs.get("simulator") or (store.attrs.get("env_cfg") or {}).get("simulator", "mujoco")
+    sim = env_config_dict(store.attrs.get("env_cfg") or {})["simulator"]  # older stores record none: mujoco
     ours_sim = getattr(env, "simulator", "mujoco")
     if sim != ours_sim:
         raise ConfigError(f"dataset {path} holds {sim} states, fine-tuning runs in {ours_sim}: a simulator's state "

@@ -19,6 +19,24 @@ INSTALL_HINT = ("Isaac Lab is an optional extra on Python 3.12: run `make isaacl
                 ".venv-isaaclab/bin/python (docs/isaaclab.md)")
 
 
+# Isaac Lab runs one simulation per process: the envs open in this one (make_env puts the next in a child)
+OPEN = {"simulations": 0}
+
+
+def torch_view(x):
+    """Isaac Lab 3.0 data buffers are warp-backed ProxyArrays: ``.torch`` is the torch view."""
+    return x.torch if hasattr(x, "torch") else x
+
+
+def xyzw_to_wxyz(q):
+    """Quaternions in the last axis (numpy or torch), Isaac Lab 3.0's order to MuJoCo's (ours)."""
+    return q[..., [3, 0, 1, 2]]
+
+
+def wxyz_to_xyzw(q):
+    return q[..., [1, 2, 3, 0]]
+
+
 def isaaclab_available() -> bool:
     try:
         import isaaclab  # noqa: F401

@@ -24,13 +24,10 @@ import numpy as np
 import torch
 
 from envs.base import ObsSpec, ObsTerm
-from envs.isaaclab import require_isaaclab
+from envs.isaaclab import OPEN, require_isaaclab, wxyz_to_xyzw, xyzw_to_wxyz
+from envs.isaaclab import torch_view as _t
 
 _QUAT_KEYS = ("root_pose",)  # state entries whose last 4 values are a quaternion
-
-
-def _t(x) -> torch.Tensor:
-    return x.torch if hasattr(x, "torch") else x
 
 
 class IsaacLabVecEnv:
@@ -54,9 +51,7 @@ class IsaacLabVecEnv:
         self._launch = launch_simulation(cfg, {"headless": True})
         self._launch.__enter__()
         self.env = gym.make(task, cfg=cfg).unwrapped
-        from envs.isaaclab.task_env import IsaacLabTaskEnv
-
-        IsaacLabTaskEnv.open_envs += 1  # one simulation per process: make_env puts the next one in a child
+        OPEN["simulations"] += 1  # one simulation per process: make_env puts the next one in a child
         self.task, self.num_envs, self.device = task, num_envs, torch.device(device)
         self.sim_device = torch.device(sim_device)
         self.num_actions = int(self.env.action_manager.total_action_dim)
@@ -112,8 +107,8 @@ class IsaacLabVecEnv:
             for asset in sorted(state[kind]):
                 for key in sorted(state[kind][asset]):
                     x = _t(state[kind][asset][key])[ids].double().reshape(len(ids), -1).cpu()
-                    if key in _QUAT_KEYS:  # xyzw -> wxyz
-                        x = torch.cat([x[:, :-4], x[:, -1:], x[:, -4:-1]], 1)
+                    if key in _QUAT_KEYS:
+                        x = torch.cat([x[:, :-4], xyzw_to_wxyz(x[:, -4:])], 1)
                     parts.append(x)
                     layout.append((kind, asset, key, x.shape[1]))
         self._layout = layout
@@ -140,8 +135,8 @@ class IsaacLabVecEnv:
         for kind, asset, key, width in self._layout:
             x = states[:, pos: pos + width]
             pos += width
-            if key in _QUAT_KEYS:  # wxyz -> xyzw
-                x = torch.cat([x[:, :-4], x[:, -3:], x[:, -4:-3]], 1)
+            if key in _QUAT_KEYS:
+                x = torch.cat([x[:, :-4], wxyz_to_xyzw(x[:, -4:])], 1)
             state.setdefault(kind, {}).setdefault(asset, {})[key] = x.float().to(self.sim_device)
         self.env.reset_to(state, ids, is_relative=True)
 
@@ -150,6 +145,4 @@ class IsaacLabVecEnv:
             self.env.close()
             self.env = None
             self._launch.__exit__(None, None, None)
-            from envs.isaaclab.task_env import IsaacLabTaskEnv
-
-            IsaacLabTaskEnv.open_envs -= 1
+            OPEN["simulations"] -= 1

@@ -22,28 +22,17 @@ import numpy as np
 import torch
 
 from envs.base import ConfigError
-from envs.isaaclab import assets, require_isaaclab, task_cfg
+from envs.isaaclab import OPEN, assets, require_isaaclab, task_cfg
+from envs.isaaclab import torch_view as _t
+from envs.isaaclab import wxyz_to_xyzw as _xyzw
+from envs.isaaclab import xyzw_to_wxyz as _wxyz
 from envs.mujoco import scene
 from envs.mujoco.config import TaskConfig
 from envs.task_env import GripperTaskEnv
 
 
-def _t(x) -> torch.Tensor:
-    """Isaac Lab 3.0 data buffers are warp-backed ProxyArrays: ``.torch`` is the torch view."""
-    return x.torch if hasattr(x, "torch") else x
-
-
-def _xyzw(q_wxyz: np.ndarray) -> np.ndarray:
-    return q_wxyz[..., [1, 2, 3, 0]]
-
-
-def _wxyz(q_xyzw: np.ndarray) -> np.ndarray:
-    return q_xyzw[..., [3, 0, 1, 2]]
-
-
 class IsaacLabTaskEnv(GripperTaskEnv):
     simulator = "isaaclab"
-    open_envs = 0  # in this process; Isaac Lab allows one at a time (make_env puts a second in a child)
 
     def __init__(self, cfg: TaskConfig, device: str = "cpu", sim_device: str = "cpu"):
         require_isaaclab()
@@ -61,7 +50,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         self._launch = launch_simulation(env_cfg, {"headless": True})
         self._launch.__enter__()
         self.env = ManagerBasedRLEnv(env_cfg)
-        IsaacLabTaskEnv.open_envs += 1
+        OPEN["simulations"] += 1
         self.sim_device = torch.device(sim_device)
         sc = self.env.scene
         self._gripper = sc["gripper"]
@@ -110,15 +99,15 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         return self._to_sim(pose)
 
     # ------------------------------------------------------------------ physics
-    def _hold_welded(self) -> None:
-        static = self.st["static"] > 0
+    def _welded_writes(self) -> list:
+        """(object, env ids, anchor poses, zero velocities) of the welded objects: fixed within a step."""
+        static, out = self.st["static"] > 0, []
         for o, obj in enumerate(self._objects):
             ids = np.nonzero(static[:, o])[0]
             if len(ids):
-                obj.write_root_pose_to_sim_index(root_pose=self._world_pose(ids, self._anchor[ids, o]),
-                                                 env_ids=self._ids(ids))
-                obj.write_root_velocity_to_sim_index(root_velocity=self._to_sim(np.zeros((len(ids), 6))),
-                                                     env_ids=self._ids(ids))
+                out.append((obj, self._ids(ids), self._world_pose(ids, self._anchor[ids, o]),
+                            self._to_sim(np.zeros((len(ids), 6)))))
+        return out
 
     def _physics_step(self) -> None:
         env = self.env
@@ -130,8 +119,11 @@ class IsaacLabTaskEnv(GripperTaskEnv):
                     vel[:, :3] += self._kick[ids, o]
                     obj.write_root_velocity_to_sim_index(root_velocity=self._to_sim(vel), env_ids=self._ids(ids))
         self._gripper.actuators.target_command.set_position_index(value=self._to_sim(self._ctrl))
+        welded = self._welded_writes()
         for _ in range(self.cfg.substeps):
-            self._hold_welded()
+            for obj, tid, pose, zero in welded:  # a weld: back at the anchor before every physics step
+                obj.write_root_pose_to_sim_index(root_pose=pose, env_ids=tid)
+                obj.write_root_velocity_to_sim_index(root_velocity=zero, env_ids=tid)
             env.scene.write_data_to_sim()
             env.sim.step(render=False)
             env.scene.update(dt=env.physics_dt)
@@ -140,12 +132,12 @@ class IsaacLabTaskEnv(GripperTaskEnv):
 
     def _read_data(self, ids) -> None:
         ids = np.asarray(ids, dtype=int)
-        g = self._gripper.data
-        self._qpos[ids, :6] = _t(g.joint_pos)[self._ids(ids)].double().cpu().numpy()
-        self._qvel[ids, :6] = _t(g.joint_vel)[self._ids(ids)].double().cpu().numpy()
+        tid, g = self._ids(ids), self._gripper.data
+        self._qpos[ids, :6] = _t(g.joint_pos)[tid].double().cpu().numpy()
+        self._qvel[ids, :6] = _t(g.joint_vel)[tid].double().cpu().numpy()
         for o, obj in enumerate(self._objects):
-            pose = _t(obj.data.root_pose_w)[self._ids(ids)].double().cpu().numpy()  # (n, 7) xyz, xyzw
-            vel = _t(obj.data.root_vel_w)[self._ids(ids)].double().cpu().numpy()  # (n, 6) linear, angular
+            pose = _t(obj.data.root_pose_w)[tid].double().cpu().numpy()  # (n, 7) xyz, xyzw
+            vel = _t(obj.data.root_vel_w)[tid].double().cpu().numpy()  # (n, 6) linear, angular
             a, v = self._qadr[o], self._vadr[o]
             self._qpos[ids, a: a + 3] = pose[:, :3] - self._origins[ids]
             self._qpos[ids, a + 3: a + 7] = _wxyz(pose[:, 3:7])
@@ -215,5 +207,5 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         if getattr(self, "env", None) is not None:
             self.env.close()
             self.env = None
-            IsaacLabTaskEnv.open_envs -= 1
+            OPEN["simulations"] -= 1
             self._launch.__exit__(None, None, None)
