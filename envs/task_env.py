@@ -132,6 +132,18 @@ class GripperTaskEnv:
         object o at (xy[o], half) with yaw[o], welded where ``static[o]``; then ``_reset_task_state(i)``."""
         raise NotImplementedError
 
+    def _episode_qpos(self, xy, yaw, half, grip) -> np.ndarray:
+        """(6 + 7 O,) the episode's first ``_qpos`` row, the layout both simulators write: the gripper at
+        ``grip`` with yaw 0 and open fingers, object o resting at (xy[o], half) turned by yaw[o] (wxyz)."""
+        q = np.zeros(6 + 7 * self.n_objects)
+        q[0:3] = grip
+        q[4:6] = scene.FINGER_OPEN
+        for o in range(self.n_objects):
+            a = self._qadr[o]
+            q[a: a + 3] = [xy[o, 0], xy[o, 1], half]
+            q[a + 3: a + 7] = [np.cos(yaw[o] / 2), 0.0, 0.0, np.sin(yaw[o] / 2)]
+        return q
+
     def _commit_writes(self, ids: np.ndarray) -> None:
         """Called once after ``_write_episode`` of envs ``ids``: a simulator that batches its writes sends
         them here. (MuJoCo writes each env's MjData directly: nothing to do.)"""

@@ -148,14 +148,7 @@ class IsaacLabTaskEnv(GripperTaskEnv):
         pass  # mass and friction of all reset envs go out together in _commit_writes
 
     def _write_episode(self, i, xy, yaw, half, grip, static) -> None:
-        q = np.zeros(self._qpos.shape[1])
-        q[0:3] = grip
-        q[4:6] = scene.FINGER_OPEN
-        for o in range(self.n_objects):
-            a = self._qadr[o]
-            q[a: a + 3] = [xy[o, 0], xy[o, 1], half]
-            q[a + 3: a + 7] = [np.cos(yaw[o] / 2), 0.0, 0.0, np.sin(yaw[o] / 2)]
-        self._qpos[i] = q
+        self._qpos[i] = self._episode_qpos(xy, yaw, half, grip)
         self._qvel[i] = 0.0
         self.target[i] = [grip[0], grip[1], grip[2], 0.0]
         self._ctrl[i] = [*self.target[i], scene.FINGER_OPEN, scene.FINGER_OPEN]

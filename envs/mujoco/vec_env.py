@@ -110,12 +110,9 @@ class MujocoVecEnv(GripperTaskEnv):
         m, d = self.models[i], self.datas[i]
         self._apply_hidden(i)
         mujoco.mj_resetData(m, d)
-        d.qpos[0:3] = grip
-        d.qpos[4:6] = scene.FINGER_OPEN
+        d.qpos[:] = self._episode_qpos(xy, yaw, half, grip)
         for o in range(self.n_objects):
             a = self._qadr[o]
-            d.qpos[a: a + 3] = [xy[o, 0], xy[o, 1], half]
-            d.qpos[a + 3: a + 7] = [np.cos(yaw[o] / 2), 0.0, 0.0, np.sin(yaw[o] / 2)]
             d.mocap_pos[self._mocap[o]] = d.qpos[a: a + 3]
             d.mocap_quat[self._mocap[o]] = d.qpos[a + 3: a + 7]
             d.eq_active[self._eq[o]] = bool(static[o])
