@@ -286,6 +286,7 @@ class EvalSchema:
     num_episodes: int = count()
     num_envs: int = count()
     simulators: list[str] | None = MISSING  # checked by evaluation.stage.simulators
+    videos: int = spec(ge=0)
     perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 

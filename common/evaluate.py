@@ -13,6 +13,7 @@ demo-state resets). They stay apart for one run's seed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -92,10 +93,17 @@ def evaluate(env, act: Callable[[dict], torch.Tensor], reset: Callable[[torch.Te
     the thread count, and the env turns a last-bit difference into another episode (a tiny teacher
     scored differently at 1 and 2 threads), so the numbers would depend on a process setting.
     """
+    with one_thread():
+        return _evaluate(env, act, reset, num_episodes, seed, progress)
+
+
+@contextmanager
+def one_thread():
+    """torch on one intra-op thread inside, the previous count restored after (see ``evaluate``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _evaluate(env, act, reset, num_episodes, seed, progress)
+        yield
     finally:
         torch.set_num_threads(threads)
 

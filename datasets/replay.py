@@ -52,9 +52,7 @@ def verify(store: EpisodeStore, episodes=None, tolerance: float = 1e-6) -> dict:
 def render_episode(store: EpisodeStore, episode: int, out: Path, every: int = 1, width: int = 320,
                    height: int = 240) -> int:
     """Render an episode from its stored states, captioned with the attempt and the occluded cubes."""
-    import imageio.v2 as imageio
-
-    from envs.mujoco.render import EnvRenderer
+    from envs.mujoco.render import EnvRenderer, save_video
 
     if not 0 <= episode < store.num_episodes:
         raise ConfigError(f"episode {episode} does not exist; the store has {store.num_episodes} (0 to "
@@ -73,9 +71,5 @@ def render_episode(store: EpisodeStore, episode: int, out: Path, every: int = 1,
         frames.append(renderer.render(0, caption))
     renderer.close()
     env.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".gif":
-        imageio.mimsave(out, frames, duration=0.05 * every, loop=0)
-    else:
-        imageio.mimsave(out, frames, fps=max(1, 20 // every))
+    save_video(frames, out, every)
     return len(frames)

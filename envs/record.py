@@ -9,12 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import imageio.v2 as imageio
 import torch
 import yaml
 
 from envs import make_env
-from envs.mujoco.render import RenderUnavailable
+from envs.mujoco.render import RenderUnavailable, save_video
 from envs.scripted import ScriptedExpert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +41,7 @@ def record(env_name: str, out: Path, seed: int, width: int, height: int, every: 
             success = bool(extras["success"][0])
             break
     renderer.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frames += [frames[-1]] * 5
-    if out.suffix == ".gif":
-        imageio.mimsave(out, frames, duration=0.05 * every, loop=0)
-    else:
-        imageio.mimsave(out, frames, fps=int(20 / every))
+    save_video(frames + [frames[-1]] * 5, out, every)
     return {"frames": len(frames), "steps": t + 1, "attempts": attempt + 1, "success": success}
 
 

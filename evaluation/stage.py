@@ -77,13 +77,33 @@ def simulators(cfg) -> list[str]:
     return sims
 
 
+def _videos(cfg, env, policy, seed: int, prefix: str) -> list[dict]:
+    """``eval.videos`` GIFs of the first evaluation episodes (the ones the table counted first) in
+    ``<run_dir>/videos``; where they cannot be made (no GL, or a simulator without a renderer) the table
+    is still written and the reason printed and kept in eval.json."""
+    from common.videos import record_first_episodes
+    from envs.mujoco.render import RenderUnavailable
+
+    if getattr(env, "simulator", "mujoco") != "mujoco":
+        note = f"videos render MuJoCo envs only; {prefix} has none (evaluate with eval.simulators=[mujoco] for them)"
+        print(f"[eval] {note}")
+        return [{"prefix": prefix, "error": note}]
+    try:
+        made = record_first_episodes(env, policy, seed, int(cfg.eval.videos), run_dir(cfg) / "videos", prefix)
+    except RenderUnavailable as exc:
+        print(f"[eval] no videos: {exc}")
+        return [{"prefix": prefix, "error": str(exc)}]
+    print(f"[eval] {len(made)} videos of {prefix} in {run_dir(cfg) / 'videos'}")
+    return made
+
+
 def run(cfg) -> dict:
     n, seed = int(cfg.eval.num_episodes), evaluation_seed(cfg.seed)
     paths = checkpoints(cfg)
     # every checkpoint is read (and, per simulator, built) before anything is evaluated or written
     ckpts = [load_checkpoint(p, str(cfg.env.name)) for p in paths]
     json_path, md_path = output_path(cfg, "eval.json"), output_path(cfg, "eval.md")
-    rows = []
+    rows, videos = [], []
     for sim in simulators(cfg):
         env = make_env({**evaluation_env_config(cfg, n), "simulator": sim})
         cpu_policies = [policy_from_checkpoint(c, env, "cpu", p) for c, p in zip(ckpts, paths)]
@@ -97,10 +117,14 @@ def run(cfg) -> dict:
                 rows.append({"policy": path.name, "label": label(path, ckpt), "kind": policy.kind,
                              "checkpoint": str(path), **result,
                              "mean_attempts": result["mean_attempts_to_success"]})
+            if int(cfg.eval.videos) > 0:
+                videos += _videos(cfg, env, cpu_policy, seed, f"{path.stem}_{sim}")
         env.close()  # Isaac Lab: one simulation per process at a time
     perturbations = OmegaConf.to_container(cfg.eval.perturbations, resolve=True)
     report = {"env": env.cfg.name, "seed": seed, "num_episodes": n, "num_envs": env.num_envs,
               "perturbations": perturbations, "devices": device_note(), "rows": rows}
+    if int(cfg.eval.videos) > 0:
+        report["videos"] = videos
     json_path.write_text(dumps_json(report))
     table = format_table(rows)
     failures = ", ".join(f"{k} {v:g}" for k, v in perturbations.items() if v) or "none"

@@ -211,3 +211,28 @@ def test_a_network_policy_carries_its_memory_and_resets_it_where_an_episode_star
     assert policy.act(obs)[:, 0].tolist() == [0, 0, 0] and policy.act(obs)[:, 0].tolist() == [1, 1, 1]
     policy.reset(torch.tensor([True, False, False]))
     assert policy.act(obs)[:, 0].tolist() == [0, 2, 2] and policy.kind == "counter"
+
+
+def test_videos_show_the_episodes_the_table_counted(tmp_path):
+    import imageio.v2 as imageio
+
+    run = tmp_path / "run"
+    scripted_teacher(run, episodes=2)
+    out = tmp_path / "videos_run"
+    report = evaluate(out, f"eval.ckpt={run / 'teacher.pt'}", "eval.num_episodes=3", "eval.videos=2")
+    videos = report["videos"]
+    if "error" in videos[0]:
+        pytest.skip(videos[0]["error"])  # no GL on this machine: the table was still written
+    assert len(videos) == 2 and [v["env"] for v in videos] == [0, 1]
+    row = report["rows"][0]
+    with_third = evaluate(tmp_path / "three", f"eval.ckpt={run / 'teacher.pt'}", "eval.num_episodes=3",
+                          "eval.videos=3")["videos"]
+    # the replay plays the table's episodes: three videos' outcomes and lengths give the row's numbers
+    assert sum(v["success"] for v in with_third) == row["successes"]
+    assert sum(v["length"] for v in with_third) / 3 == pytest.approx(row["mean_episode_length"])
+    for v in videos:
+        path = out / "videos" / f"teacher_mujoco_env{v['env']}_{'success' if v['success'] else 'failure'}.gif"
+        assert path.is_file() and v["file"] == str(path)
+        frames = len(imageio.mimread(path))
+        assert frames == -(-v["length"] // 2)  # one per 2 steps, each captioned with its step (the hold
+        # on the last frame is the same image: the GIF writer lengthens that frame instead)

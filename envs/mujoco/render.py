@@ -54,6 +54,21 @@ class EnvRenderer:
         self._renderers.clear()
 
 
+def save_video(frames: list[np.ndarray], out, every: int = 1) -> None:
+    """Write ``frames`` (one per ``every`` control steps at 20 Hz) as a looping GIF, or any format
+    imageio knows from the suffix (.mp4: real time)."""
+    from pathlib import Path
+
+    import imageio.v2 as imageio
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".gif":
+        imageio.mimsave(out, frames, duration=0.05 * every, loop=0)
+    else:
+        imageio.mimsave(out, frames, fps=max(1, 20 // every))
+
+
 def _stamp(frame: np.ndarray, text: str) -> np.ndarray:
     """Draw a short caption with matplotlib's font rasteriser (no extra dependency)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
