@@ -138,11 +138,18 @@ def test_the_imitation_gradient_on_the_mean_is_the_masked_error_towards_the_demo
     loss = ppo._imitation_loss(8)
     loss.backward()
     (obs, memory0, starts, dist), = calls
-    assert set(obs) == {"policy"} and memory0 is None  # no prev_action for a student that does not read it
+    assert set(obs) == {"policy"}  # no prev_action for a student that does not read it
     windows = seqs.sample(8, torch.Generator().manual_seed(1))  # the same draw as PPO's generator made
-    assert torch.equal(starts, windows["starts"]) and torch.equal(obs["policy"], windows["obs"]["policy"])
-    valid, actions = windows["valid"], windows["actions"]
-    error = dist.mean.detach() - actions  # (N, B+L, A)
+    # the actor runs the last L steps from the memory its burn-in built without gradient ...
+    assert torch.equal(starts, windows["starts"][:, B:]) and torch.equal(obs["policy"], windows["obs"]["policy"][:, B:])
+    assert not any(t.requires_grad for t in (memory0.tokens, memory0.k, memory0.v))
+    # ... which is the same forward as the whole window in one pass
+    with torch.no_grad():
+        whole = policy.student.forward_sequence({"policy": windows["obs"]["policy"]}, windows["starts"])[0]
+    torch.testing.assert_close(dist.mean.detach(), whole.mean[:, B:], rtol=1e-5, atol=1e-6)
+    valid, actions = windows["valid"][:, B:], windows["actions"][:, B:]
+    assert windows["valid"][:, :B].sum() == 0
+    error = dist.mean.detach() - actions  # (N, L, A)
     A = actions.shape[-1]
     torch.testing.assert_close(loss.detach(), 0.5 * error.pow(2).mean(-1)[valid].mean())
     # d loss / d mean = coef * 2 (mean - action) / (A * #valid) on the valid steps, zero on the rest
@@ -197,4 +204,5 @@ def test_an_mlp_student_goes_through_the_sequence_path_and_imitates_a_window_per
     ppo.set_demonstration_sequences(seqs)
     assert mlp.is_recurrent  # StudentActorCritic: sequences for every student kind (an MLP's memory is None)
     assert ppo._imitation_loss(13) > 0
-    assert calls[0][0]["policy"].shape[:2] == (13, 4 + 6)  # 13 sequences: 13 windows of burn_in + seq_len 6
+    assert calls[0][0]["policy"].shape[:2] == (13, 6)  # 13 sequences: 13 windows of seq_len 6 after their burn-in
+    assert calls[0][1] is None  # an MLP's burn-in builds no memory

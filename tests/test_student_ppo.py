@@ -180,10 +180,15 @@ def test_an_update_with_demonstrated_sequences_imitates_and_keeps_the_first_rati
     first = next(storage.sequence_minibatches(cfg.num_minibatches, cfg.num_epochs, torch.Generator().manual_seed(2)))
     stats = ppo.update(storage)
     assert stats["imitation_loss"] > 0 and all(math.isfinite(v) for v in stats.values())
-    # one demonstrated pass per minibatch, as many windows of burn_in + seq_len as the minibatch has sequences
+    # one demonstrated pass per minibatch, as many windows as the minibatch has sequences: seq_len 4 steps
+    # each from the memory their 3 burn-in steps built (none for the MLP), without gradient
     sequences = storage.J * storage.N // cfg.num_minibatches
     assert len(demo_calls) == cfg.num_epochs * cfg.num_minibatches
-    assert all(shape[:2] == (sequences, 3 + 4) and memory0 is None for shape, memory0 in demo_calls)
+    assert all(shape[:2] == (sequences, 4) for shape, _ in demo_calls)
+    memories = [m for _, m in demo_calls]
+    assert all(m is None for m in memories) if name == "mlp" else all(m is not None for m in memories)
+    leaves = [t for m in memories if m is not None for t in (m if isinstance(m, tuple) else vars(m).values())]
+    assert not any(t.requires_grad for t in leaves if torch.is_tensor(t))
     mean, std = rollout_calls[0]  # the first minibatch, before any step: the rollout's distributions
     log_probs = torch.distributions.Normal(mean, std).log_prob(first["actions"]).sum(-1)
     assert (log_probs - first["log_probs"]).abs().max() < 1e-5
