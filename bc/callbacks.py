@@ -106,7 +106,7 @@ class MetricsWriter(L.Callback):
         if not trainer.is_global_zero:
             return
         m = {}
-        if step % self.every == 0:
+        if step % self.every == 0 and not pl_module.padding_only:
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "lr"))}
             m.update(pl_module.grad_stats)
             m.update(samples_per_s=self.samples / (time.perf_counter() - self.t0))

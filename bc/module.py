@@ -43,6 +43,7 @@ class BCModule(L.LightningModule):
         self._carry: dict[str, object] = {}  # loop -> memory at its next chunk's start (None: initial)
         self._carry_in: dict[str, object] = {}  # loop -> memory its last chunk started from (diagnostics)
         self.grad_stats: dict[str, float] = {}
+        self.padding_only = False  # the last logged step's batch had no real step (training_step)
         self.schedule_epochs: int | None = None  # the LR schedule spans this many epochs (default: max_epochs)
 
     def window_inputs(self, batch: dict, memory: object = None) -> tuple[dict, torch.Tensor, object]:
@@ -108,10 +109,17 @@ class BCModule(L.LightningModule):
         due = self.log_due()
         loss, info = self.loss(batch, spread=due)
         world = self.trainer.world_size
+        n = info.pop("n")
         if world > 1:  # weight by the global count of valid steps: DDP's mean of gradients = one process's
-            n = info.pop("n")
-            loss = loss * n * world / self.all_gather(n).sum().clamp_min(1.0)
-        info.pop("n", None)
+            n_global = self.all_gather(n).sum()
+            loss = loss * n * world / n_global.clamp_min(1.0)
+        else:
+            n_global = n
+        # A batch of padding only (bc.memory_start=carry: an epoch's last chunks, where that epoch's deal
+        # of episodes to streams is shorter than the run's longest) has a loss of 0 that measures
+        # nothing: MetricsWriter leaves its train numbers out (a host sync, on logged steps only).
+        if due:
+            self.padding_only = not bool(n_global > 0)
         # Logged only on the steps MetricsWriter writes (the bar's loss moves every log_every steps): each
         # self.log is ~0.4 ms of Lightning bookkeeping (6 a step: ~2-3% of a 1-thread CPU step), and
         # sync_dist is an all-reduce per metric under DDP, so it is asked for only with more than one process.

@@ -167,3 +167,27 @@ def test_exact_resume_in_carry_mode_equals_the_uninterrupted_run(carry_runs):
     for key, value in a["last_state_dict"].items():
         torch.testing.assert_close(b["last_state_dict"][key], value, atol=1e-6, rtol=1e-5)
     assert [h["success_rate"] for h in a["selection"]] == [h["success_rate"] for h in b["selection"]]
+
+
+def test_a_batch_of_padding_only_writes_no_train_numbers():
+    """An epoch's last carry chunks can be padding in every stream (the chunk count is the run's longest
+    deal): their loss of 0 measures nothing, so MetricsWriter leaves the train numbers out of that row."""
+    from types import SimpleNamespace
+
+    from bc.callbacks import MetricsWriter
+
+    class Log:
+        rows = []
+
+        def log(self, m, step):
+            self.rows.append(m)
+
+    metrics = {"train_loss": torch.tensor(0.0), "lr": torch.tensor(1e-3)}
+    trainer = SimpleNamespace(global_step=10, world_size=1, is_global_zero=True, current_epoch=0,
+                              callback_metrics=metrics)
+    writer = MetricsWriter(Log(), None, every=10)
+    batch = {"valid": torch.zeros(2, 6, dtype=torch.bool)}
+    for padding_only in (True, False):
+        module = SimpleNamespace(burn_in=0, grad_stats={"grad_l2": 0.0}, padding_only=padding_only)
+        writer.on_train_batch_end(trainer, module, None, batch, 0)
+    assert len(Log.rows) == 1 and Log.rows[0]["train_loss"] == 0.0  # only the real batch's row
