@@ -101,12 +101,16 @@ class MetricsWriter(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # samples = the steps in the loss (padding and burn-in out): windows or carry's streams alike
-        self.samples += int(batch["valid"][:, pl_module.burn_in:].sum()) * trainer.world_size
+        real = int(batch["valid"][:, pl_module.burn_in:].sum())
+        self.samples += real * trainer.world_size
         step = trainer.global_step
         if not trainer.is_global_zero:
             return
         m = {}
-        if step % self.every == 0 and not pl_module.padding_only:
+        # A batch of padding only (bc.memory_start=carry: an epoch's last chunks, where that epoch's deal of
+        # episodes to streams is shorter than the run's longest) has a loss of 0 that measures nothing:
+        # its train numbers are left out (under DDP: when rank 0's share is padding only).
+        if step % self.every == 0 and real > 0:
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "lr"))}
             m.update(pl_module.grad_stats)
             m.update(samples_per_s=self.samples / (time.perf_counter() - self.t0))

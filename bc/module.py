@@ -43,20 +43,14 @@ class BCModule(L.LightningModule):
         self._carry: dict[str, object] = {}  # loop -> memory at its next chunk's start (None: initial)
         self._carry_in: dict[str, object] = {}  # loop -> memory its last chunk started from (diagnostics)
         self.grad_stats: dict[str, float] = {}
-        self.padding_only = False  # the last logged step's batch had no real step (training_step)
         self.schedule_epochs: int | None = None  # the LR schedule spans this many epochs (default: max_epochs)
 
     def window_inputs(self, batch: dict, memory: object = None) -> tuple[dict, torch.Tensor, object]:
         """The window's observations (B, T, .), its resets (B, T) and the memory its first step starts
         from: the burn-in's, run under no_grad and detached; else ``memory`` (carry: the previous
         chunk's; None: the model's initial memory)."""
-        B = self.burn_in
         obs = {"policy": batch["policy"], "prev_action": batch["prev_action"]}
-        if B > 0:
-            with torch.no_grad():
-                _, memory = self.model.forward_sequence({k: v[:, :B] for k, v in obs.items()}, batch["reset"][:, :B])
-            memory = memory.detach() if memory is not None else None
-        return {k: v[:, B:] for k, v in obs.items()}, batch["reset"][:, B:], memory
+        return self.model.burn_in(obs, batch["reset"], self.burn_in, memory)
 
     def loss(self, batch: dict, loop: str = "train", spread: bool = True) -> tuple[torch.Tensor, dict]:
         """The loss of a batch; with carry, ``loop``'s memory goes in and the memory after the chunk is
@@ -109,17 +103,10 @@ class BCModule(L.LightningModule):
         due = self.log_due()
         loss, info = self.loss(batch, spread=due)
         world = self.trainer.world_size
-        n = info.pop("n")
         if world > 1:  # weight by the global count of valid steps: DDP's mean of gradients = one process's
-            n_global = self.all_gather(n).sum()
-            loss = loss * n * world / n_global.clamp_min(1.0)
-        else:
-            n_global = n
-        # A batch of padding only (bc.memory_start=carry: an epoch's last chunks, where that epoch's deal
-        # of episodes to streams is shorter than the run's longest) has a loss of 0 that measures
-        # nothing: MetricsWriter leaves its train numbers out (a host sync, on logged steps only).
-        if due:
-            self.padding_only = not bool(n_global > 0)
+            n = info.pop("n")
+            loss = loss * n * world / self.all_gather(n).sum().clamp_min(1.0)
+        info.pop("n", None)
         # Logged only on the steps MetricsWriter writes (the bar's loss moves every log_every steps): each
         # self.log is ~0.4 ms of Lightning bookkeeping (6 a step: ~2-3% of a 1-thread CPU step), and
         # sync_dist is an all-reduce per metric under DDP, so it is asked for only with more than one process.

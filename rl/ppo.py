@@ -139,11 +139,8 @@ class PPO:
         B = self.demo_sequences.B
         obs = {k: v.to(device) for k, v in windows["obs"].items()
                if k != "prev_action" or reads_prev_action(self.policy)}  # groups (N, B+L, D)
-        starts = windows["starts"].to(device)  # (N, B+L)
-        memory0 = None
-        if B > 0:
-            memory0 = self.policy.burn_in_memory({k: v[:, :B] for k, v in obs.items()}, starts[:, :B])
-        dist = self.policy.evaluate_actor({k: v[:, B:] for k, v in obs.items()}, memory0, starts[:, B:])  # (N, L, A)
+        obs, starts, memory0 = self.policy.burn_in(obs, windows["starts"].to(device), B)  # (N, L, D), (N, L)
+        dist = self.policy.evaluate_actor(obs, memory0, starts)  # Normal over (N, L, A)
         error = (dist.mean - windows["actions"][:, B:].to(device)).pow(2).mean(-1)  # (N, L)
         valid = windows["valid"][:, B:].to(device).float()  # every window has at least one valid step
         return (error * valid).sum() / valid.sum()  # no boolean indexing: no host sync on a GPU

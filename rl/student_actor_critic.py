@@ -167,11 +167,10 @@ class StudentActorCritic(nn.Module):
         self.student.eval()
         return self
 
-    @torch.no_grad()
-    def burn_in_memory(self, obs_seq: dict, starts: torch.Tensor | None = None):
-        """The student's memory after ``obs_seq`` (groups (B, T, D)) from zero, without gradient: the start
-        of an imitated window (``evaluate_actor``'s memory0). None for a student without memory."""
-        return self.student.forward_sequence(obs_seq, starts, None)[1]
+    def burn_in(self, obs_seq: dict, starts: torch.Tensor, steps: int):
+        """The student's ``burn_in`` (rl/student/head.py): the window after its first ``steps`` steps and
+        the memory they built without gradient, for ``evaluate_actor`` (PPO's imitation term)."""
+        return self.student.burn_in(obs_seq, starts, steps)
 
     def evaluate_actor(self, obs_seq: dict, memory0=None, starts: torch.Tensor | None = None) -> Normal:
         """The student alone over sequences (Normal over (B, L, A)): PPO's imitation term on demonstrated

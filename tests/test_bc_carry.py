@@ -186,8 +186,7 @@ def test_a_batch_of_padding_only_writes_no_train_numbers():
     trainer = SimpleNamespace(global_step=10, world_size=1, is_global_zero=True, current_epoch=0,
                               callback_metrics=metrics)
     writer = MetricsWriter(Log(), None, every=10)
-    batch = {"valid": torch.zeros(2, 6, dtype=torch.bool)}
-    for padding_only in (True, False):
-        module = SimpleNamespace(burn_in=0, grad_stats={"grad_l2": 0.0}, padding_only=padding_only)
-        writer.on_train_batch_end(trainer, module, None, batch, 0)
+    module = SimpleNamespace(burn_in=0, grad_stats={"grad_l2": 0.0})
+    for valid in (torch.zeros(2, 6, dtype=torch.bool), torch.ones(2, 6, dtype=torch.bool)):
+        writer.on_train_batch_end(trainer, module, None, {"valid": valid}, 0)
     assert len(Log.rows) == 1 and Log.rows[0]["train_loss"] == 0.0  # only the real batch's row

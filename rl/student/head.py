@@ -77,6 +77,19 @@ class StudentMixin:
             with torch.no_grad():
                 self.head.log_std.copy_(self.norm.act_std.log())
 
+    def burn_in(self, obs_seq: dict, starts: torch.Tensor, steps: int, memory=None):
+        """Split a window at its burn-in: the first ``steps`` steps of ``obs_seq`` (groups (B, T, D)) run
+        under no_grad from the initial memory to give the memory the rest starts from (R2D2). Returns
+        (the rest's obs groups, its starts (B, T - steps), that memory detached); with ``steps`` 0 the
+        window and ``memory`` unchanged. Behaviour cloning (bc.burn_in) and fine-tuning's imitation term
+        both start their windows this way."""
+        if steps <= 0:
+            return obs_seq, starts, memory
+        with torch.no_grad():
+            _, memory = self.forward_sequence({k: v[:, :steps] for k, v in obs_seq.items()}, starts[:, :steps])
+        memory = memory.detach() if memory is not None else None
+        return {k: v[:, steps:] for k, v in obs_seq.items()}, starts[:, steps:], memory
+
     def act_inference(self, obs: dict, memory=None):
         """The deterministic action (the mean) for evaluation."""
         dist, memory = self.act(obs, memory)
