@@ -24,7 +24,7 @@ import math
 import lightning as L
 import torch
 
-from rl.student.head import bc_loss
+from rl.student.head import bc_loss, burn_in
 
 
 class BCModule(L.LightningModule):
@@ -50,7 +50,7 @@ class BCModule(L.LightningModule):
         from: the burn-in's, run under no_grad and detached; else ``memory`` (carry: the previous
         chunk's; None: the model's initial memory)."""
         obs = {"policy": batch["policy"], "prev_action": batch["prev_action"]}
-        return self.model.burn_in(obs, batch["reset"], self.burn_in, memory)
+        return burn_in(self.model, obs, batch["reset"], self.burn_in, memory)
 
     def loss(self, batch: dict, loop: str = "train", spread: bool = True) -> tuple[torch.Tensor, dict]:
         """The loss of a batch; with carry, ``loop``'s memory goes in and the memory after the chunk is

@@ -42,6 +42,7 @@ from torch.distributions import Normal
 from envs.base import ConfigError
 from rl.networks import mlp
 from rl.normalizer import EmpiricalNormalizer
+from rl.student.head import burn_in
 
 CRITICS = ("privileged", "shared")
 
@@ -168,9 +169,9 @@ class StudentActorCritic(nn.Module):
         return self
 
     def burn_in(self, obs_seq: dict, starts: torch.Tensor, steps: int):
-        """The student's ``burn_in`` (rl/student/head.py): the window after its first ``steps`` steps and
-        the memory they built without gradient, for ``evaluate_actor`` (PPO's imitation term)."""
-        return self.student.burn_in(obs_seq, starts, steps)
+        """``rl.student.head.burn_in`` of the student: the window after its first ``steps`` steps and the
+        memory they built without gradient, for ``evaluate_actor`` (PPO's imitation term)."""
+        return burn_in(self.student, obs_seq, starts, steps)
 
     def evaluate_actor(self, obs_seq: dict, memory0=None, starts: torch.Tensor | None = None) -> Normal:
         """The student alone over sequences (Normal over (B, L, A)): PPO's imitation term on demonstrated

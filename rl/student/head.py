@@ -52,6 +52,21 @@ def bc_loss(dist: Normal, actions: torch.Tensor, valid: torch.Tensor | None = No
                   "std_mean": dist.stddev.detach().mean()}
 
 
+def burn_in(model, obs_seq: dict, starts: torch.Tensor, steps: int, memory=None):
+    """Split a window at its burn-in: the first ``steps`` steps of ``obs_seq`` (groups (B, T, D)) run
+    through ``model.forward_sequence`` under no_grad from the initial memory to give the memory the
+    rest starts from (R2D2). Returns (the rest's obs groups, its starts (B, T - steps), that memory
+    detached); with ``steps`` 0 the window and ``memory`` unchanged. Behaviour cloning (bc.burn_in) and
+    fine-tuning's imitation term both start their windows this way; any model with
+    ``forward_sequence`` works (bench/bc_throughput.py's per-step loop too)."""
+    if steps <= 0:
+        return obs_seq, starts, memory
+    with torch.no_grad():
+        _, memory = model.forward_sequence({k: v[:, :steps] for k, v in obs_seq.items()}, starts[:, :steps])
+    memory = memory.detach() if memory is not None else None
+    return {k: v[:, steps:] for k, v in obs_seq.items()}, starts[:, steps:], memory
+
+
 class StudentMixin:
     """Helpers shared by the three students (each has ``spec``, ``cfg``, ``kind``, ``norm``, ``head``).
 
@@ -76,19 +91,6 @@ class StudentMixin:
         if init_std_from_actions and actions is not None:
             with torch.no_grad():
                 self.head.log_std.copy_(self.norm.act_std.log())
-
-    def burn_in(self, obs_seq: dict, starts: torch.Tensor, steps: int, memory=None):
-        """Split a window at its burn-in: the first ``steps`` steps of ``obs_seq`` (groups (B, T, D)) run
-        under no_grad from the initial memory to give the memory the rest starts from (R2D2). Returns
-        (the rest's obs groups, its starts (B, T - steps), that memory detached); with ``steps`` 0 the
-        window and ``memory`` unchanged. Behaviour cloning (bc.burn_in) and fine-tuning's imitation term
-        both start their windows this way."""
-        if steps <= 0:
-            return obs_seq, starts, memory
-        with torch.no_grad():
-            _, memory = self.forward_sequence({k: v[:, :steps] for k, v in obs_seq.items()}, starts[:, :steps])
-        memory = memory.detach() if memory is not None else None
-        return {k: v[:, steps:] for k, v in obs_seq.items()}, starts[:, steps:], memory
 
     def act_inference(self, obs: dict, memory=None):
         """The deterministic action (the mean) for evaluation."""
