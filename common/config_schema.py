@@ -110,6 +110,12 @@ class PPOSchema:
 
 
 @dataclass
+class FinetunePPOSchema(PPOSchema):
+    teacher_coef: float = spec(ge=0.0)
+    teacher_decay: float = rate()
+
+
+@dataclass
 class WarmStartSchema:
     enabled: bool = MISSING
     expert_steps: int = count()
@@ -256,6 +262,7 @@ class BCSchema:
 class FinetuneSchema:
     init_ckpt: str | None = MISSING
     dataset: str | None = MISSING
+    teacher_ckpt: str | None = MISSING
     resume: bool = MISSING
     critic: str = spec(choices=("shared", "privileged"))
     value_grad_to_trunk: bool = MISSING
@@ -274,7 +281,7 @@ class FinetuneSchema:
     imitation_burn_in: int = spec(ge=0)
     diag_every: int = spec(ge=0)
     progress: bool = MISSING
-    ppo: PPOSchema = MISSING
+    ppo: FinetunePPOSchema = MISSING
     select: SelectSchema = MISSING
     eval_episodes: int = count()
     train_perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)

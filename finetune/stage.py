@@ -93,6 +93,7 @@ def run(cfg) -> dict:
         steps, warmup = -(-int(env.max_episode_length) // L) * L, 0
         print(f"[finetune] advantage=group: groups of {f.group_size} envs, rollouts of {steps} steps, no critic")
     resets = _demo_resets(f, dataset, env, int(cfg.seed))
+    teacher = _teacher_labels(f, out, env)
     runner_cfg = RunnerConfig(num_steps_per_env=steps, num_iterations=int(f.iterations), seed=int(cfg.seed),
                               save_every=int(f.save_every), critic_warmup_iterations=warmup,
                               actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len),
@@ -108,21 +109,22 @@ def run(cfg) -> dict:
         env, policy, ppo_cfg, runner_cfg, logger=logger, checkpoint_meta=meta, selector=selector,
         on_reset=resets if resets is not None and not group else None,
         group_start=resets.start_groups if resets is not None and group else None,
-        diagnostics=RolloutDiagnostics(int(f.diag_every)))
+        diagnostics=RolloutDiagnostics(int(f.diag_every)), teacher=teacher)
     _attach_imitation(runner, f, dataset, student)
     if state is not None:
         runner.load(state)
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
-          f"imitation bc_coef {f.ppo.bc_coef}, demo resets {f.demo_reset_prob}")
+          f"imitation bc_coef {f.ppo.bc_coef}, demo resets {f.demo_reset_prob}"
+          + (f", teacher term {f.ppo.teacher_coef} from {teacher.path}" if teacher is not None else ""))
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
     logger.close()
     env.close()
     from rl.plot import load, plot
 
     plots = plot(load(out / "metrics.jsonl", "finetune"), out / "plots", "finetune")
-    ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset)
+    ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset, teacher)
     result = _evaluate(cfg, ckpt)
     ckpt["eval"] = result
     torch.save(ckpt, final_path)
@@ -172,6 +174,15 @@ def _attach_imitation(runner: OnPolicyRunner, f, dataset: Path | None, student) 
         DemoSequences(arrays, student.cfg.group, int(f.seq_len), burn_in=int(f.imitation_burn_in)))
 
 
+def _teacher_labels(f, out: Path, env):
+    """The PPO teacher that labels every rollout (finetune.ppo.teacher_coef > 0), or None."""
+    if float(f.ppo.teacher_coef) <= 0:
+        return None
+    from finetune.teacher_labels import TeacherLabels, teacher_path
+
+    return TeacherLabels(teacher_path(f, out), env)
+
+
 def _demo_resets(f, dataset: Path | None, env, seed: int):
     """Resets to demonstration states (finetune.demo_reset_prob > 0), or None."""
     if dataset is None or float(f.demo_reset_prob) <= 0:
@@ -196,7 +207,7 @@ def _student_state(policy: StudentActorCritic) -> dict:
 
 
 def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActorCritic, runner: OnPolicyRunner,
-                          selector: BestCheckpoint | None, dataset: Path | None) -> dict:
+                          selector: BestCheckpoint | None, dataset: Path | None, teacher=None) -> dict:
     """A student checkpoint of the selected (``state_dict``) and last (``last_state_dict``) weights."""
     last = _student_state(policy)
     selected = {"iteration": runner.iteration, "success_rate": None}
@@ -219,6 +230,7 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
                                       "start_selection_success_rate": start},
                          "selection": history, "iterations": runner.iteration,
                          "dataset": str(dataset) if dataset else None,
+                         "teacher": str(teacher.path) if teacher is not None else None,
                          "cfg": OmegaConf.to_container(cfg.finetune, resolve=True),
                          "critic": policy.config_dict().get("critic", cfg.finetune.critic)},
             "seed": int(cfg.seed), "code_version": code_version()}

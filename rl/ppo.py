@@ -48,6 +48,13 @@ class PPOConfig:
     # PPO's mean can drift far past it where the excess changes nothing, and a student then imitates
     # numbers the env discards. A penalty, not a clamp: actions and the std stay raw.
     bounds_coef: float = 0.0
+    # Online distillation from a privileged teacher (DAgger, Ross et al. 2011, kept inside the update): +
+    # teacher_coef * teacher_decay**k times the squared error of the policy mean against the teacher's raw
+    # actions at the states of this rollout (the storage's ``teacher_actions``, from RecurrentRolloutStorage.label).
+    # Unlike bc_coef's fixed demonstrations these are the student's own states, so it learns to recover from
+    # its own mistakes; and it costs no extra forward pass (the update's own means are compared).
+    teacher_coef: float = 0.0
+    teacher_decay: float = 1.0
 
 
 class NonFiniteError(RuntimeError):
@@ -145,6 +152,17 @@ class PPO:
         valid = windows["valid"][:, B:].to(device).float()  # every window has at least one valid step
         return (error * valid).sum() / valid.sum()  # no boolean indexing: no host sync on a GPU
 
+    def _teacher_loss(self, mean: torch.Tensor, batch: dict, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """coef * the squared error of the policy mean (B, L, A) against the teacher's raw actions at the same
+        rollout steps (mean over action dims, then over the valid steps); None when off or unlabelled."""
+        coef = self.cfg.teacher_coef * self.cfg.teacher_decay ** self.actor_updates
+        if coef <= 0:
+            return None
+        if "teacher_actions" not in batch:
+            raise ValueError("ppo.teacher_coef > 0 but the rollout has no teacher actions: label the storage "
+                             "(RecurrentRolloutStorage.label, the runner's labeller)")
+        return coef * valid_mean((mean - batch["teacher_actions"]).pow(2).mean(-1), valid)
+
     def set_learning_rate(self, lr: float) -> None:
         self.learning_rate = lr
         for group in self.optimizer.param_groups:
@@ -225,12 +243,15 @@ class PPO:
                 value_loss = valid_mean((values - returns).pow(2), valid)
 
             loss = cfg.value_loss_coef * value_loss
-            imitation = bounds = None
+            imitation = bounds = teacher = None
             if update_actor:
                 loss = loss + policy_loss - cfg.entropy_coef * entropy
                 imitation = self._imitation_loss(len(advantages))
                 if imitation is not None:
                     loss = loss + imitation
+                teacher = self._teacher_loss(dist.mean, batch, valid)
+                if teacher is not None:
+                    loss = loss + teacher
                 if cfg.bounds_coef > 0:
                     bounds = bounds_loss(dist.mean, valid=valid)
                     loss = loss + cfg.bounds_coef * bounds
@@ -259,6 +280,7 @@ class PPO:
                          "clip_fraction": valid_mean(((ratio - 1.0).abs() > cfg.clip_param).float(), valid),
                          "grad_norm": total_norm,
                          "imitation_loss": loss.new_zeros(()) if imitation is None else imitation,
+                         "teacher_loss": loss.new_zeros(()) if teacher is None else teacher,
                          # logged whether or not it is in the loss: how far past the bounds the mean sits
                          "bounds_loss": bounds_loss(dist.mean, valid=valid) if bounds is None else bounds}
                 for k, v in stats.items():

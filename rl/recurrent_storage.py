@@ -85,6 +85,16 @@ class RecurrentRolloutStorage(RolloutStorage):
         self.memories: list = [None] * self.J  # memory at t = j L, before acting (N rows each)
         self.has_memory = [False] * self.J  # add_memory called for sequence j (an MLP's memory is None)
         self.prev_done = torch.ones(N, dtype=torch.bool, device=device)  # the first rollout starts episodes
+        # (T, N, A) a teacher's raw actions at the states this rollout visited (``label``), or None: the
+        # targets of PPO's teacher term (DAgger: the student's own states, labelled by the privileged teacher)
+        self.teacher_actions: torch.Tensor | None = None
+
+    def label(self, teacher: Callable[[dict], torch.Tensor]) -> None:
+        """Label every stored step with ``teacher(obs) -> (T*N, A)``, obs flattened to (T*N, D) per group: one
+        batched pass after the rollout (a memoryless teacher: it reads each step's privileged state alone)."""
+        T, N = self.T, self.N
+        flat = {k: v.reshape(T * N, -1) for k, v in self.obs.items()}
+        self.teacher_actions = teacher(flat).reshape(T, N, -1).to(self.actions.device)
 
     def add_memory(self, t: int, memory) -> None:
         """The memory the policy acts from at step t (after the previous step's resets; None for an MLP).
@@ -114,6 +124,7 @@ class RecurrentRolloutStorage(RolloutStorage):
     def clear(self) -> None:
         """Ready for the next rollout; ``prev_done`` carries over (its first step may start episodes)."""
         super().clear()
+        self.teacher_actions = None
         self.memories = [None] * self.J
         self.has_memory = [False] * self.J
 
@@ -127,7 +138,8 @@ class RecurrentRolloutStorage(RolloutStorage):
         """Per epoch, the J*N sequences shuffled into ``num_minibatches`` minibatches (sizes differ by at
         most one), each sequence in exactly one. Batch-first, as ``forward_sequence`` reads it:
         obs groups (B, L, D), actions/means/stds (B, L, A), log_probs/values/returns/advantages (B, L),
-        starts and valid (B, L) bool, memory0: the stored memory of those B sequences (None for an MLP)."""
+        starts and valid (B, L) bool, memory0: the stored memory of those B sequences (None for an MLP);
+        teacher_actions (B, L, A) when the rollout was labelled."""
         if self.step != self.T:
             raise RuntimeError(f"rollout incomplete: {self.step} of {self.T} steps stored")
         total = self.J * self.N
@@ -141,6 +153,8 @@ class RecurrentRolloutStorage(RolloutStorage):
             "returns": self._sequences(self.returns), "starts": self._sequences(self.starts),
             "valid": self._sequences(self.valid),
         }
+        if self.teacher_actions is not None:
+            seq["teacher_actions"] = self._sequences(self.teacher_actions)
         memory = stack_memory(self.memories, self.memory_dims)  # J*N rows on each field's env dim
         for _ in range(num_epochs):
             order = torch.randperm(total, generator=generator)

@@ -90,7 +90,8 @@ class OnPolicyRunner:
                  on_reset: Callable[[object, torch.Tensor, torch.Tensor], bool] | None = None,
                  checkpoint_meta: dict | None = None, selector=None,
                  group_start: Callable[[object, torch.Tensor], None] | None = None,
-                 diagnostics: Callable[[int, object, object], dict] | None = None):
+                 diagnostics: Callable[[int, object, object], dict] | None = None,
+                 teacher: Callable[[dict], torch.Tensor] | None = None):
         check_advantage_config(cfg, env, on_reset, group_start)
         self.env, self.policy, self.cfg, self.logger = env, policy, cfg, logger
         # diagnostics(iteration, storage, policy) -> dict, called after each rollout (before the update, the
@@ -116,9 +117,16 @@ class OnPolicyRunner:
         self.batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.ppo = PPO(policy, ppo_cfg, generator=self.batch_gen)
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
+        # teacher(obs) -> (M, A) raw actions from obs groups of (M, D) (its ``groups`` are stored as well): every
+        # rollout is labelled with it for PPO's teacher term (ppo.teacher_coef; finetune/teacher_labels.py)
+        self.teacher = teacher
+        if teacher is not None and not self.recurrent:
+            raise ValueError("teacher labels are for a student policy (the recurrent storage holds them)")
         if self.recurrent:
-            # the student's group and the critic's (and the previous action when the student reads it)
-            obs_dims = {g: env.obs_spec.dim(g) for g in (student_cfg(policy).group, policy.critic_obs)}
+            # the student's group and the critic's (and the previous action when the student reads it), and the
+            # teacher's when one labels the rollout
+            groups = (student_cfg(policy).group, policy.critic_obs, *getattr(teacher, "groups", ()))
+            obs_dims = {g: env.obs_spec.dim(g) for g in groups}
             if reads_prev_action(policy):
                 obs_dims["prev_action"] = env.num_actions
             self.storage = RecurrentRolloutStorage(cfg.num_steps_per_env, env.num_envs, obs_dims, env.num_actions,
@@ -189,6 +197,10 @@ class OnPolicyRunner:
             self._collect_mlp()
         storage, policy = self.storage, self.policy
         group_stats = self._set_group_targets() if self.group else {}
+        if self.teacher is not None:
+            storage.label(self.teacher)
+            # how far the student's own means sit from the teacher's actions at the states it visited
+            group_stats["teacher_gap"] = (storage.means - storage.teacher_actions).pow(2).mean().item()
         actions = storage.actions.reshape(-1, storage.actions.shape[-1])
         return {**group_stats, "action_std": actions.std(0).mean().item(),
                 "action_mean_spread": storage.means.reshape(actions.shape).std(0).mean().item(),
