@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 # MuJoCo physics runs in our own threads; torch's spinning OpenMP threads would take the cores.
@@ -114,9 +115,15 @@ def main(cfg: DictConfig) -> None:
     stages = ORDER if cfg.stage == "all" else [cfg.stage]
     summary: dict[str, dict | str] = {}
     print(f"run directory: {out}")
+    start = time.perf_counter()
     for name in stages:
         try:
+            t0 = time.perf_counter()
             summary[name] = run_stage(name, cfg)
+            # every stage's wall time, so a slow `make pipeline` says where its minutes went
+            summary[name]["wall_seconds"] = time.perf_counter() - t0
+            print(f"[{name}] done in {summary[name]['wall_seconds'] / 60:.1f} min"
+                  + (f" ({(time.perf_counter() - start) / 60:.1f} min so far)" if len(stages) > 1 else ""))
             # The resolved config of what the run directory now holds, saved once a stage has written
             # its output: a stage refused for bad input (exit 2) leaves an earlier run's config as it was.
             OmegaConf.save(cfg, out / "config.yaml", resolve=True)

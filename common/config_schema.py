@@ -262,6 +262,7 @@ class BCSchema:
 class FinetuneSchema:
     init_ckpt: str | None = MISSING
     dataset: str | None = MISSING
+    imitation: str = spec(choices=("auto", "teacher", "demos", "off"))
     teacher_ckpt: str | None = MISSING
     resume: bool = MISSING
     critic: str = spec(choices=("shared", "privileged"))

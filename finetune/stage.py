@@ -15,9 +15,11 @@ How (DESIGN.md, "Fine-tuning"): the student is PPO's actor, the rollout stores s
 ``seq_len`` steps with the memory each starts from (rl/recurrent_storage.py), and the update
 recomputes them from that memory, so the first epoch of an unchanged student has ratio 1. A fresh
 critic first learns alone for ``critic_warmup_iterations`` on the frozen student's rollouts, then the
-student moves from ``actor_learning_rate`` under the adaptive KL schedule. The imitation term keeps
-the demonstrations' raw actions in every update (the teacher's lesson: PPO erodes an imitation start
-without it). The std stays the student's free log-std; actions are raw until the env clips them.
+student moves from ``actor_learning_rate`` under the adaptive KL schedule. An imitation term stays in
+every update (the teacher's lesson: PPO erodes an imitation start without it): the PPO teacher's actions
+at the student's own rollout states (``finetune.imitation=teacher``, DAgger; finetune/teacher_labels.py),
+or the demonstrations' raw actions (``demos``, DAPG); ``auto`` takes the teacher where the run has a PPO
+one. The std stays the student's free log-std; actions are raw until the env clips them.
 """
 
 from __future__ import annotations
@@ -79,8 +81,11 @@ def run(cfg) -> dict:
     torch.manual_seed(int(cfg.seed))
     policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden),
                                 critic=str(f.critic), value_grad_to_trunk=bool(f.value_grad_to_trunk))
-    ppo_cfg = PPOConfig(**OmegaConf.to_container(f.ppo, resolve=True))
-    dataset = _dataset_path(f, info)
+    from finetune.teacher_labels import teacher_labels
+
+    teacher = teacher_labels(f, out, env)  # None: no PPO teacher labels the rollouts (finetune.imitation)
+    ppo_cfg = _ppo_config(f, teacher)
+    dataset = _dataset_path(f, info, ppo_cfg.bc_coef)
     selector = _selector(cfg, env_cfg)
     meta = {"kind": "finetune_state", "env_name": env.cfg.name, "env_cfg": env_cfg,
             "obs_spec": env.obs_spec.to_dict(), "init_ckpt": str(init_path), "train_env_cfg": train_env_cfg}
@@ -93,7 +98,6 @@ def run(cfg) -> dict:
         steps, warmup = -(-int(env.max_episode_length) // L) * L, 0
         print(f"[finetune] advantage=group: groups of {f.group_size} envs, rollouts of {steps} steps, no critic")
     resets = _demo_resets(f, dataset, env, int(cfg.seed))
-    teacher = _teacher_labels(f, out, env)
     runner_cfg = RunnerConfig(num_steps_per_env=steps, num_iterations=int(f.iterations), seed=int(cfg.seed),
                               save_every=int(f.save_every), critic_warmup_iterations=warmup,
                               actor_start_learning_rate=float(f.actor_learning_rate), seq_len=int(f.seq_len),
@@ -116,8 +120,9 @@ def run(cfg) -> dict:
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
-          f"imitation bc_coef {f.ppo.bc_coef}, demo resets {f.demo_reset_prob}"
-          + (f", teacher term {f.ppo.teacher_coef} from {teacher.path}" if teacher is not None else ""))
+          f"imitation {f.imitation}: " + (f"the teacher's labels (teacher_coef {ppo_cfg.teacher_coef}, {teacher.path})"
+                                           if teacher is not None else f"demonstrations (bc_coef {ppo_cfg.bc_coef})")
+          + f", demo resets {f.demo_reset_prob}")
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
     logger.close()
     env.close()
@@ -147,22 +152,32 @@ def _check_resume(path: Path, state: dict, now: dict) -> None:
                           f"the settings it was trained with, or set finetune.resume=false with a new run_dir")
 
 
-def _dataset_path(f, info: dict) -> Path | None:
+def _dataset_path(f, info: dict, bc_coef: float) -> Path | None:
     """The demonstrations: ``finetune.dataset``, else the one the student was trained on (None if unused)."""
-    needed = float(f.ppo.bc_coef) > 0 or float(f.demo_reset_prob) > 0
+    needed = bc_coef > 0 or float(f.demo_reset_prob) > 0
     if not needed:
         return None
     path = Path(str(f.dataset)).expanduser().resolve() if f.dataset else Path(info["dataset"]["path"])
     if not path.exists():
         raise ConfigError(f"the demonstrations {path} do not exist (the imitation term and demo-state resets read "
-                          f"them); pass finetune.dataset=PATH, or set finetune.ppo.bc_coef=0 and "
+                          f"them); pass finetune.dataset=PATH, or set finetune.imitation=teacher|off and "
                           f"finetune.demo_reset_prob=0")
     return path
 
 
+def _ppo_config(f, teacher) -> PPOConfig:
+    """finetune.ppo with the imitation terms finetune.imitation chose: the teacher's labels (a PPO teacher was
+    found), the demonstrations' windows (``demos``, or ``auto`` without a PPO teacher), or none (``off``)."""
+    source = "teacher" if teacher is not None else ("off" if str(f.imitation) == "off" else "demos")
+    ppo = OmegaConf.to_container(f.ppo, resolve=True)
+    ppo["bc_coef"] = float(ppo["bc_coef"]) if source == "demos" else 0.0
+    ppo["teacher_coef"] = float(ppo["teacher_coef"]) if source == "teacher" else 0.0
+    return PPOConfig(**ppo)
+
+
 def _attach_imitation(runner: OnPolicyRunner, f, dataset: Path | None, student) -> None:
-    """The imitation term's demonstrated sequences (finetune.ppo.bc_coef > 0)."""
-    if dataset is None or float(f.ppo.bc_coef) <= 0:
+    """The imitation term's demonstrated sequences (its bc_coef > 0)."""
+    if dataset is None or runner.ppo.cfg.bc_coef <= 0:
         return
     from datasets.arrays import read_policy_arrays
     from datasets.store import EpisodeStore
@@ -172,15 +187,6 @@ def _attach_imitation(runner: OnPolicyRunner, f, dataset: Path | None, student) 
     arrays = read_policy_arrays(store, student.spec, student.cfg.group)
     runner.ppo.set_demonstration_sequences(
         DemoSequences(arrays, student.cfg.group, int(f.seq_len), burn_in=int(f.imitation_burn_in)))
-
-
-def _teacher_labels(f, out: Path, env):
-    """The PPO teacher that labels every rollout (finetune.ppo.teacher_coef > 0), or None."""
-    if float(f.ppo.teacher_coef) <= 0:
-        return None
-    from finetune.teacher_labels import TeacherLabels, teacher_path
-
-    return TeacherLabels(teacher_path(f, out), env)
 
 
 def _demo_resets(f, dataset: Path | None, env, seed: int):
@@ -230,6 +236,8 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
                                       "start_selection_success_rate": start},
                          "selection": history, "iterations": runner.iteration,
                          "dataset": str(dataset) if dataset else None,
+                         "imitation": "teacher" if teacher is not None else (
+                             "demos" if runner.ppo.cfg.bc_coef > 0 else "off"),
                          "teacher": str(teacher.path) if teacher is not None else None,
                          "cfg": OmegaConf.to_container(cfg.finetune, resolve=True),
                          "critic": policy.config_dict().get("critic", cfg.finetune.critic)},

@@ -1,4 +1,5 @@
-"""The privileged teacher as a labeller of the student's own states (``finetune.ppo.teacher_coef``).
+"""The privileged teacher as a labeller of the student's own states (``finetune.imitation=teacher``, the
+weight ``finetune.ppo.teacher_coef``).
 
 Behaviour cloning learns the teacher's actions at the teacher's states; closed loop, the student drifts to
 states the demonstrations never showed (covariate shift) and has no label there. During fine-tuning every
@@ -32,7 +33,7 @@ class TeacherLabels:
         if ckpt.get("kind") != "ppo_mlp":
             raise ConfigError(f"finetune.teacher_ckpt={path} is a {ckpt.get('kind')!r} checkpoint; the teacher term "
                               f"needs a PPO teacher (a function of the privileged state: teacher.pt of "
-                              f"stage=teacher teacher=ppo*), or set finetune.ppo.teacher_coef=0")
+                              f"stage=teacher teacher=ppo*), or set finetune.imitation=demos")
         actor_obs = ckpt["policy_cfg"]["actor_obs"]
         check_obs_spec(ckpt, env, [actor_obs], path)
         self.path, self.groups = Path(path), (actor_obs,)
@@ -44,10 +45,20 @@ class TeacherLabels:
         return action
 
 
-def teacher_path(f, out: Path) -> Path:
-    """``finetune.teacher_ckpt``, else the run directory's ``teacher.pt``: one line if it is missing."""
-    path = Path(str(f.teacher_ckpt)).expanduser().resolve() if f.teacher_ckpt else out / "teacher.pt"
+def teacher_labels(f, out: Path, env) -> TeacherLabels | None:
+    """The labeller ``finetune.imitation`` asks for, or None. ``teacher``: ``finetune.teacher_ckpt`` (default the
+    run directory's ``teacher.pt``) must be a PPO teacher, else one line (exit 2). ``auto``: the same when
+    ``teacher_ckpt`` is given; otherwise the run directory's ``teacher.pt`` if it is a PPO teacher, else None (the
+    demonstrations' term takes over: a scripted teacher's run, or a student fine-tuned outside its run)."""
+    mode = str(f.imitation)
+    if mode not in ("auto", "teacher"):
+        return None
+    explicit = f.teacher_ckpt is not None
+    path = Path(str(f.teacher_ckpt)).expanduser().resolve() if explicit else out / "teacher.pt"
+    if mode == "auto" and not explicit and (not path.exists() or load_checkpoint(path, env.cfg.name).get("kind")
+                                            != "ppo_mlp"):
+        return None
     if not path.exists():
-        raise ConfigError(f"finetune.ppo.teacher_coef={f.ppo.teacher_coef} needs the PPO teacher, and {path} does not "
-                          f"exist; pass finetune.teacher_ckpt=PATH, or set finetune.ppo.teacher_coef=0")
-    return path
+        raise ConfigError(f"finetune.imitation={mode} needs the PPO teacher, and {path} does not exist; pass "
+                          f"finetune.teacher_ckpt=PATH, or set finetune.imitation=demos")
+    return TeacherLabels(path, env)

@@ -92,3 +92,8 @@ def test_stage_all_runs_every_stage_and_ends_with_the_comparison_table(tmp_path)
     keys = ("episodes", "successes", "mean_reward", "mean_episode_length", "mean_attempts_to_success")
     assert {k: rows[0][k] for k in keys} == {k: teacher[k] for k in keys}
     assert summary["eval"]["rows"] == rows and "Mean attempts to success" in (run / "eval.md").read_text()
+    # where the minutes went: each stage's wall time in the summary and on stdout, in order
+    walls = [summary[s]["wall_seconds"] for s in ("teacher", "collect", "bc", "finetune", "eval")]
+    assert all(w > 0 for w in walls) and sum(walls) < 300  # the subprocess timeout bounds the whole run
+    assert [line.split()[0] for line in r.stdout.splitlines() if " done in " in line] == [
+        "[teacher]", "[collect]", "[bc]", "[finetune]", "[eval]"]

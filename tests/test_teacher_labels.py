@@ -1,7 +1,8 @@
 """PPO's teacher term (DAgger inside the update, ``ppo.teacher_coef``): a labelled rollout hands each sequence
 the teacher's actions at its own steps, the term pulls the student's mean towards them at the student's own
 states (raw targets outside the env's bounds included), it is off without a coefficient and refused without
-labels; stage=finetune labels every rollout with a PPO teacher and refuses a scripted one."""
+labels; stage=finetune (``finetune.imitation``) labels every rollout with a PPO teacher, takes the run's own
+PPO teacher under ``auto`` and the demonstrations otherwise, and refuses a scripted or missing teacher."""
 
 import pytest
 import torch
@@ -94,19 +95,35 @@ def ppo_teacher(tmp_path_factory):
 
 
 def test_stage_labels_every_rollout_with_the_ppo_teacher(inputs, ppo_teacher, tmp_path, no_plots):  # noqa: F811
-    out = finetune(tmp_path, inputs, "finetune.ppo.teacher_coef=2.0", f"finetune.teacher_ckpt={ppo_teacher}",
-                   "finetune.ppo.bc_coef=0")
+    out = finetune(tmp_path, inputs, "finetune.imitation=teacher", "finetune.ppo.teacher_coef=2.0",
+                   f"finetune.teacher_ckpt={ppo_teacher}")
     metrics = rows(tmp_path)
     assert all(r["teacher_gap"] > 0 for r in metrics)  # every rollout labelled
-    # the term is in the actor's loss, so only after the critic warm-up (1 iteration)
+    # the term is in the actor's loss, so only after the critic warm-up (1 iteration); the demonstrations' is off
     assert metrics[0]["teacher_loss"] == 0 and all(r["teacher_loss"] > 0 for r in metrics[1:])
+    assert all(r["imitation_loss"] == 0 for r in metrics)
     ckpt = torch.load(out["finetuned_ckpt"], weights_only=True)
-    assert ckpt["finetune"]["teacher"] == str(ppo_teacher)
+    assert ckpt["finetune"]["teacher"] == str(ppo_teacher) and ckpt["finetune"]["imitation"] == "teacher"
+
+
+def test_auto_takes_the_runs_ppo_teacher_or_the_demos(inputs, ppo_teacher, tmp_path, no_plots):  # noqa: F811
+    import shutil
+
+    shutil.copy(ppo_teacher, tmp_path / "teacher.pt")  # a run directory with a PPO teacher
+    finetune(tmp_path, inputs)  # imitation=auto, the default
+    assert all(r["teacher_gap"] > 0 and r["imitation_loss"] == 0 for r in rows(tmp_path))
+    for run, extra in (("demos", ["finetune.imitation=demos"]), ("scripted", [])):
+        if run == "scripted":  # auto beside a scripted teacher.pt: the demonstrations
+            (tmp_path / run).mkdir()
+            shutil.copy(inputs["teacher"], tmp_path / run / "teacher.pt")
+        finetune(tmp_path / run, inputs, *extra)
+        metrics = rows(tmp_path / run)
+        assert all("teacher_gap" not in r for r in metrics) and metrics[-1]["imitation_loss"] > 0
 
 
 def test_a_scripted_or_missing_teacher_is_refused(inputs, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="needs a PPO teacher"):
-        finetune(tmp_path / "a", inputs, "finetune.ppo.teacher_coef=1.0", f"finetune.teacher_ckpt={inputs['teacher']}")
+        finetune(tmp_path / "a", inputs, "finetune.imitation=teacher", f"finetune.teacher_ckpt={inputs['teacher']}")
     with pytest.raises(ConfigError, match="does not exist"):
-        finetune(tmp_path / "b", inputs, "finetune.ppo.teacher_coef=1.0", f"finetune.teacher_ckpt={tmp_path}/no.pt")
+        finetune(tmp_path / "b", inputs, "finetune.imitation=teacher")  # no teacher.pt in its run directory
     assert not any((tmp_path / d / f).exists() for d in "ab" for f in ("finetuned.pt", "metrics.jsonl"))
