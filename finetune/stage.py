@@ -84,7 +84,7 @@ def run(cfg) -> dict:
     from finetune.teacher_labels import teacher_labels
 
     teacher = teacher_labels(f, out, env)  # None: no PPO teacher labels the rollouts (finetune.imitation)
-    ppo_cfg = _ppo_config(f, teacher)
+    ppo_cfg, imitation = _ppo_config(f, teacher)
     dataset = _dataset_path(f, info, ppo_cfg.bc_coef)
     selector = _selector(cfg, env_cfg)
     meta = {"kind": "finetune_state", "env_name": env.cfg.name, "env_cfg": env_cfg,
@@ -118,18 +118,18 @@ def run(cfg) -> dict:
     if state is not None:
         runner.load(state)
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
+    term = {"teacher": f"the teacher's labels (teacher_coef {ppo_cfg.teacher_coef}, {getattr(teacher, 'path', '')})",
+            "demos": f"the demonstrations (bc_coef {ppo_cfg.bc_coef})", "off": "none"}[imitation]
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
-          f"imitation {f.imitation}: " + (f"the teacher's labels (teacher_coef {ppo_cfg.teacher_coef}, {teacher.path})"
-                                           if teacher is not None else f"demonstrations (bc_coef {ppo_cfg.bc_coef})")
-          + f", demo resets {f.demo_reset_prob}")
+          f"imitation={f.imitation}: {term}, demo resets {f.demo_reset_prob}")
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
     logger.close()
     env.close()
     from rl.plot import load, plot
 
     plots = plot(load(out / "metrics.jsonl", "finetune"), out / "plots", "finetune")
-    ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset, teacher)
+    ckpt = _finetuned_checkpoint(cfg, init_path, info, policy, runner, selector, dataset, teacher, imitation)
     result = _evaluate(cfg, ckpt)
     ckpt["eval"] = result
     torch.save(ckpt, final_path)
@@ -165,14 +165,15 @@ def _dataset_path(f, info: dict, bc_coef: float) -> Path | None:
     return path
 
 
-def _ppo_config(f, teacher) -> PPOConfig:
-    """finetune.ppo with the imitation terms finetune.imitation chose: the teacher's labels (a PPO teacher was
-    found), the demonstrations' windows (``demos``, or ``auto`` without a PPO teacher), or none (``off``)."""
+def _ppo_config(f, teacher) -> tuple[PPOConfig, str]:
+    """finetune.ppo with the imitation term finetune.imitation chose, and its name: the teacher's labels
+    (``teacher``: a PPO teacher was found), the demonstrations' windows (``demos``, or ``auto`` without a PPO
+    teacher), or none (``off``)."""
     source = "teacher" if teacher is not None else ("off" if str(f.imitation) == "off" else "demos")
     ppo = OmegaConf.to_container(f.ppo, resolve=True)
     ppo["bc_coef"] = float(ppo["bc_coef"]) if source == "demos" else 0.0
     ppo["teacher_coef"] = float(ppo["teacher_coef"]) if source == "teacher" else 0.0
-    return PPOConfig(**ppo)
+    return PPOConfig(**ppo), source
 
 
 def _attach_imitation(runner: OnPolicyRunner, f, dataset: Path | None, student) -> None:
@@ -213,7 +214,8 @@ def _student_state(policy: StudentActorCritic) -> dict:
 
 
 def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActorCritic, runner: OnPolicyRunner,
-                          selector: BestCheckpoint | None, dataset: Path | None, teacher=None) -> dict:
+                          selector: BestCheckpoint | None, dataset: Path | None, teacher=None,
+                          imitation: str = "demos") -> dict:
     """A student checkpoint of the selected (``state_dict``) and last (``last_state_dict``) weights."""
     last = _student_state(policy)
     selected = {"iteration": runner.iteration, "success_rate": None}
@@ -236,8 +238,7 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
                                       "start_selection_success_rate": start},
                          "selection": history, "iterations": runner.iteration,
                          "dataset": str(dataset) if dataset else None,
-                         "imitation": "teacher" if teacher is not None else (
-                             "demos" if runner.ppo.cfg.bc_coef > 0 else "off"),
+                         "imitation": imitation,
                          "teacher": str(teacher.path) if teacher is not None else None,
                          "cfg": OmegaConf.to_container(cfg.finetune, resolve=True),
                          "critic": policy.config_dict().get("critic", cfg.finetune.critic)},
