@@ -7,6 +7,7 @@ its input there. Exit codes: 0 success, 2 bad input (one line on stderr), 1 anyt
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import time
@@ -138,7 +139,11 @@ def main(cfg: DictConfig) -> None:
                 sys.exit(1)
             summary[name] = f"to come: {exc}"
             print(f"[{name}] {exc}")
-    (out / "pipeline_summary.json").write_text(dumps_json(summary))
+    # merged into what earlier runs of this run directory recorded: a single stage run afterwards (stage=eval
+    # of a finished stage=all) replaces its own entry and keeps the others'
+    path = out / "pipeline_summary.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(dumps_json({**(previous if isinstance(previous, dict) else {}), **summary}))
 
 
 if __name__ == "__main__":

@@ -97,3 +97,10 @@ def test_stage_all_runs_every_stage_and_ends_with_the_comparison_table(tmp_path)
     assert all(w > 0 for w in walls) and sum(walls) < 300  # the subprocess timeout bounds the whole run
     assert [line.split()[0] for line in r.stdout.splitlines() if " done in " in line] == [
         "[teacher]", "[collect]", "[bc]", "[finetune]", "[eval]"]
+    # a single stage run afterwards replaces its own entry of the summary and keeps the others'
+    again = pipeline("stage=eval", f"run_dir={run}", "logger.mode=disabled", "overwrite=true", "eval.num_episodes=2",
+                     "env.episode_length=30", "env.num_envs=4")
+    assert again.returncode == 0, again.stderr
+    merged = json.loads((run / "pipeline_summary.json").read_text())
+    assert merged["teacher"] == summary["teacher"] and merged["bc"] == summary["bc"]
+    assert merged["eval"]["rows"][0]["episodes"] == 2 != summary["eval"]["rows"][0]["episodes"]
