@@ -27,6 +27,8 @@ PANELS = [
     ("success_rate", "success rate"), ("mean_return", "mean episode return"),
     ("mean_episode_length", "mean episode length"), ("value_loss", "value loss"),
     ("policy_loss", "policy loss"), ("imitation_loss", "imitation term (bc_coef x MSE to the expert)"),
+    ("teacher_loss", "teacher term (coef x MSE)"),
+    ("teacher_gap", "gap to the teacher's labels (MSE)"),
     ("explained_variance", "explained variance"),
     ("kl", "KL(old || new)"), ("clip_fraction", "clip fraction"), ("learning_rate", "learning rate"),
     (("policy_std", "action_std", "action_mean_spread"), "policy std / action spread"),
@@ -55,8 +57,10 @@ def load(path: Path, stage: str) -> list[dict]:
 def plot(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     x = [r["env_steps"] for r in rows]
-    def ran(key):  # the curriculum's, selection's and imitation term's panels only when they ran
-        return any(r.get(key) for r in rows) if key == "imitation_loss" else any(key in r for r in rows)
+    def ran(key):  # the curriculum's, selection's and imitation terms' panels only when they ran
+        if key in ("imitation_loss", "teacher_loss"):  # logged as 0 when off
+            return any(r.get(key) for r in rows)
+        return any(key in r for r in rows)
 
     panels = [(keys, title) for keys, title in PANELS if any(map(ran, keys if isinstance(keys, tuple) else (keys,)))]
     n_rows = -(-len(panels) // 4)
