@@ -142,7 +142,11 @@ def main(cfg: DictConfig) -> None:
     # merged into what earlier runs of this run directory recorded: a single stage run afterwards (stage=eval
     # of a finished stage=all) replaces its own entry and keeps the others'
     path = out / "pipeline_summary.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        previous = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # a summary cut short by a kill: a record of earlier runs, not an input; start it afresh
+        print(f"[pipeline] {path} was unreadable; writing this run's summary alone")
+        previous = {}
     path.write_text(dumps_json({**(previous if isinstance(previous, dict) else {}), **summary}))
 
 

@@ -44,6 +44,7 @@ from common.rundir import code_version, output_path, run_dir
 from common.selection import BestCheckpoint
 from envs import env_config_with, make_env
 from envs.base import ConfigError
+from finetune.teacher_labels import teacher_labels
 from rl.ppo import PPOConfig
 from rl.runner import OnPolicyRunner, RunnerConfig
 from rl.student.checkpoint import load_student
@@ -81,8 +82,6 @@ def run(cfg) -> dict:
     torch.manual_seed(int(cfg.seed))
     policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(f.critic_hidden),
                                 critic=str(f.critic), value_grad_to_trunk=bool(f.value_grad_to_trunk))
-    from finetune.teacher_labels import teacher_labels
-
     teacher = teacher_labels(f, out, env)  # None: no PPO teacher labels the rollouts (finetune.imitation)
     ppo_cfg, imitation = _ppo_config(f, teacher)
     dataset = _dataset_path(f, info, ppo_cfg.bc_coef)

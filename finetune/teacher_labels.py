@@ -28,12 +28,8 @@ class TeacherLabels:
     """``labels(obs) -> (M, A)``: the teacher's deterministic raw action (its mean, never clipped) for obs
     groups of (M, D); ``groups``: the groups it reads (the runner stores them with the rollout)."""
 
-    def __init__(self, path: Path, env):
-        ckpt = load_checkpoint(path, env.cfg.name)  # another env's teacher: one line, exit 2
-        if ckpt.get("kind") != "ppo_mlp":
-            raise ConfigError(f"finetune.teacher_ckpt={path} is a {ckpt.get('kind')!r} checkpoint; the teacher term "
-                              f"needs a PPO teacher (a function of the privileged state: teacher.pt of "
-                              f"stage=teacher teacher=ppo*), or set finetune.imitation=demos")
+    def __init__(self, path: Path, ckpt: dict, env):
+        """``ckpt``: the PPO teacher's checkpoint as ``load_checkpoint(path, ...)`` read it (kind ``ppo_mlp``)."""
         actor_obs = ckpt["policy_cfg"]["actor_obs"]
         check_obs_spec(ckpt, env, [actor_obs], path)
         self.path, self.groups = Path(path), (actor_obs,)
@@ -54,11 +50,18 @@ def teacher_labels(f, out: Path, env) -> TeacherLabels | None:
     if mode not in ("auto", "teacher"):
         return None
     explicit = f.teacher_ckpt is not None
+    strict = explicit or mode == "teacher"  # a teacher asked for: its absence or kind is an error, not a fallback
     path = Path(str(f.teacher_ckpt)).expanduser().resolve() if explicit else out / "teacher.pt"
-    if mode == "auto" and not explicit and (not path.exists() or load_checkpoint(path, env.cfg.name).get("kind")
-                                            != "ppo_mlp"):
-        return None
     if not path.exists():
+        if not strict:
+            return None
         raise ConfigError(f"finetune.imitation={mode} needs the PPO teacher, and {path} does not exist; pass "
                           f"finetune.teacher_ckpt=PATH, or set finetune.imitation=demos")
-    return TeacherLabels(path, env)
+    ckpt = load_checkpoint(path, env.cfg.name)  # another env's teacher: one line, exit 2
+    if ckpt.get("kind") != "ppo_mlp":
+        if not strict:
+            return None
+        raise ConfigError(f"finetune.teacher_ckpt={path} is a {ckpt.get('kind')!r} checkpoint; the teacher term "
+                          f"needs a PPO teacher (a function of the privileged state: teacher.pt of "
+                          f"stage=teacher teacher=ppo*), or set finetune.imitation=demos")
+    return TeacherLabels(path, ckpt, env)

@@ -104,3 +104,9 @@ def test_stage_all_runs_every_stage_and_ends_with_the_comparison_table(tmp_path)
     merged = json.loads((run / "pipeline_summary.json").read_text())
     assert merged["teacher"] == summary["teacher"] and merged["bc"] == summary["bc"]
     assert merged["eval"]["rows"][0]["episodes"] == 2 != summary["eval"]["rows"][0]["episodes"]
+    # a summary cut short (a kill mid-write) does not fail a later run at its end: that run's summary alone
+    (run / "pipeline_summary.json").write_text('{"teacher": {"epis')
+    again = pipeline("stage=eval", f"run_dir={run}", "logger.mode=disabled", "overwrite=true", "eval.num_episodes=2",
+                     "env.episode_length=30", "env.num_envs=4")
+    assert again.returncode == 0, again.stderr
+    assert list(json.loads((run / "pipeline_summary.json").read_text())) == ["eval"] and "unreadable" in again.stdout
