@@ -10,7 +10,8 @@ baseline:  the same runner on the teacher's ``MLPActorCritic`` (``teacher.ppo_te
 Both: the same env config (``--env``, with the teacher's ``train_perturbations`` merged in, as
 stage=teacher trains), num_envs, steps per env, and the same PPOConfig (configs/teacher/ppo.yaml's
 ``ppo:``: epochs, minibatches, schedule); every update trains the actor (no critic warm-up); each
-side has its own env instance of the same config and seed.
+side has its own env instance of the same config and seed. ``--ours-ppo num_epochs=2`` changes ours' PPOConfig
+alone (the baseline keeps the teacher's): what a cheaper student update buys.
 
 The sides alternate in one process: a round runs ``--iterations`` PPO iterations of each (the order
 flips every round), after ``--warmup`` iterations each that are not timed. Times come from the
@@ -19,7 +20,7 @@ rollout: the PPO update, the critic normaliser's update and the storage clear). 
 round = its iterations' env steps / their time; ``ours``/``baseline`` are medians over the rounds and
 ``ratio`` the median of the per-round ratios (both sides of a round share the machine's load).
 
-    python bench/finetune_throughput.py [--env pick_loose] [--rounds 6] [--threads 1] [--profile 2]
+    python bench/finetune_throughput.py [--env pick_loose] [--rounds 6] [--threads 1] [--profile 2] [--ours-ppo K=V ...]
 
 ``--profile N``: after the rounds, cProfile over N more iterations of ours: where its time goes
 (rollout: the per-step pass, the critic, env.step, storage and memory; update: the sequence
@@ -37,6 +38,7 @@ import pstats
 import statistics
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -215,6 +217,7 @@ def build_sides(args) -> tuple[Side, Side, str]:
     env_cfg = env_config(args.env, args.seed, args.num_envs, args.env_threads)
     teacher = OmegaConf.create(load_yaml("teacher", "ppo.yaml"))
     ppo_cfg = PPOConfig(**OmegaConf.to_container(teacher.ppo))
+    ours_ppo = replace(ppo_cfg, **args.ours_ppo)  # the same unless --ours-ppo says otherwise
     run_cfg = RunnerConfig(num_steps_per_env=args.steps_per_env, seq_len=args.seq_len, seed=args.seed,
                            num_iterations=0, save_every=10 ** 9)
     torch.manual_seed(args.seed)
@@ -228,8 +231,20 @@ def build_sides(args) -> tuple[Side, Side, str]:
         origin = "fresh (bc defaults), normaliser fitted on random-action steps"
     policy = StudentActorCritic(student, env.obs_spec.dim("privileged"), critic_hidden=list(teacher.critic_hidden))
     base_env = make_env(env_cfg)
-    return (Side("ours", env, policy, ppo_cfg, run_cfg),
+    return (Side("ours", env, policy, ours_ppo, run_cfg),
             Side("baseline", base_env, build_policy(base_env, teacher), ppo_cfg, run_cfg), origin)
+
+
+def ppo_overrides(pairs: list[str]) -> dict:
+    """``["num_epochs=2", ...]`` -> {"num_epochs": 2, ...}, typed as PPOConfig's fields (ValueError otherwise)."""
+    types = {f.name: f.type for f in fields(PPOConfig)}
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in types or not value:
+            raise ValueError(f"--ours-ppo {pair!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
+        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() == "true"}.get(str(types[key]), str)(value)
+    return out
 
 
 def parse_args(argv: list[str] | None = None):
@@ -246,9 +261,16 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--iterations", type=int, default=2, help="iterations per side per round")
     p.add_argument("--fit-steps", type=int, default=16, help="env steps (x num_envs) the normaliser is fitted on")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N more iterations of ours")
+    p.add_argument("--ours-ppo", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="ours' PPOConfig fields that differ from the baseline's, e.g. num_epochs=2 (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.ours_ppo = ppo_overrides(args.ours_ppo)
+    except ValueError as e:
+        p.error(str(e))  # one line, exit 2
+    return args
 
 
 def main() -> None:
@@ -261,8 +283,10 @@ def main() -> None:
     env, ppo_cfg = ours.env, ours.runner.ppo.cfg
     sides = [ours, baseline]
     n_params = {s.name: sum(q.numel() for q in s.runner.policy.parameters()) for s in sides}
-    print(f"{env.cfg.name}: {args.num_envs} envs x {args.steps_per_env} steps per iteration, PPO {ppo_cfg.num_epochs} "
-          f"epochs x {ppo_cfg.num_minibatches} minibatches, seq_len {args.seq_len}, {args.threads} torch thread(s); "
+    base_cfg = baseline.runner.ppo.cfg
+    print(f"{env.cfg.name}: {args.num_envs} envs x {args.steps_per_env} steps per iteration, PPO ours {ppo_cfg.num_epochs} "
+          f"epochs x {ppo_cfg.num_minibatches} minibatches, baseline {base_cfg.num_epochs} x {base_cfg.num_minibatches}, "
+          f"seq_len {args.seq_len}, {args.threads} torch thread(s); "
           f"{args.warmup} warm-up + {args.rounds} rounds x {args.iterations} iterations per side; "
           f"parameters {n_params}; load {load_start}", flush=True)
 
@@ -302,6 +326,8 @@ def main() -> None:
         "ratios": ratios, "rounds": {s.name: s.rounds for s in sides},
         "num_envs": args.num_envs, "steps_per_env": args.steps_per_env, "seq_len": args.seq_len,
         "num_epochs": ppo_cfg.num_epochs, "num_minibatches": ppo_cfg.num_minibatches,
+        "ours_ppo_overrides": args.ours_ppo,
+        "baseline_num_epochs": baseline.runner.ppo.cfg.num_epochs,
         "warmup": args.warmup, "iterations_per_round": args.iterations, "threads": args.threads,
         "env_threads": env.cfg.num_threads, "student": origin,
         "student_cfg": dict(vars(ours.runner.policy.student.cfg)),

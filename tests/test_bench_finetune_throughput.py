@@ -3,6 +3,8 @@ training perturbations in), the same PPOConfig and steps per env; ours is the re
 privileged critic, the baseline the teacher's MLP; the profile leaves the runner's methods as they were.
 A few tiny iterations, no timing asserted."""
 
+import pytest
+
 import bench.finetune_throughput as bench
 from rl.networks import MLPActorCritic
 from rl.recurrent_storage import RecurrentRolloutStorage
@@ -34,3 +36,20 @@ def test_both_sides_share_env_and_ppo_settings_and_the_profile_restores_the_runn
     finally:
         ours.env.close()
         baseline.env.close()
+
+
+def test_ours_ppo_overrides_change_ours_alone_and_bad_keys_are_refused():
+    args = bench.parse_args(["--num-envs", "2", "--steps-per-env", "8", "--fit-steps", "1", "--env-threads", "1",
+                             "--ours-ppo", "num_epochs=2", "desired_kl=0.02"])
+    ours, baseline, _ = bench.build_sides(args)
+    try:
+        assert ours.runner.ppo.cfg.num_epochs == 2 and ours.runner.ppo.cfg.desired_kl == 0.02
+        assert baseline.runner.ppo.cfg.num_epochs == 5 and baseline.runner.ppo.cfg.desired_kl == 0.01
+        assert ours.runner.ppo.cfg.num_minibatches == baseline.runner.ppo.cfg.num_minibatches
+    finally:
+        ours.env.close()
+        baseline.env.close()
+    for bad in (["epochs=2"], ["num_epochs"]):
+        with pytest.raises(SystemExit) as e:
+            bench.parse_args(["--ours-ppo", *bad])
+        assert e.value.code == 2
