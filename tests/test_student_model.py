@@ -105,6 +105,34 @@ def test_episode_start_makes_output_independent_of_previous_episode(name):
     assert (c.mean[:, t0:] - d.mean[:, t0:]).abs().max() > 1e-3
 
 
+def test_inference_step_equals_the_autograd_step_and_leaves_the_callers_memory_alone():
+    """act under no_grad takes _step_inference (in-place cache writes on one copy); with autograd on it takes
+    _advance. Over 3 blocks with desynchronised resets both give the same means and memories, and a memory
+    the caller kept (as a rollout storage keeps a sequence's memory0) is not written into."""
+    model = make("transformer")
+    _scale_weights(model, 3.0)  # zero-init residual branches would hide a wrong cache slot
+    B, T = 5, 3 * model.cfg.block
+    obs = random_obs(model, B, T, seed=4)
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    starts[1, 5] = starts[3, 11] = starts[4, 2] = True  # rows complete blocks at different steps
+    mem_fast = mem_slow = model.initial_memory(B)
+    for t in range(T):
+        step_obs = {k: v[:, t] for k, v in obs.items()}
+        mem_fast, mem_slow = model.reset_memory(mem_fast, starts[:, t]), model.reset_memory(mem_slow, starts[:, t])
+        kept = mem_fast.k.clone()
+        with torch.no_grad():
+            fast, new_fast = model.act(step_obs, mem_fast)
+        assert torch.equal(mem_fast.k, kept)  # the old memory is untouched
+        with torch.enable_grad():
+            slow, mem_slow = model.act(step_obs, mem_slow)
+        torch.testing.assert_close(fast.mean, slow.mean.detach(), atol=1e-5, rtol=0)
+        mem_fast = new_fast
+        assert torch.equal(mem_fast.count, mem_slow.count)
+        for a, b in ((mem_fast.k, mem_slow.k), (mem_fast.v, mem_slow.v), (mem_fast.tokens, mem_slow.tokens)):
+            torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=0)
+    assert bool((mem_fast.count != mem_fast.count[0]).any())  # the rows really were desynchronised
+
+
 def _memory_norms(model, steps: int, B: int = 4) -> list[float]:
     g = torch.Generator().manual_seed(3)
     memory = model.initial_memory(B)

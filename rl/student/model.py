@@ -315,21 +315,51 @@ class HistoryTransformer(StudentMixin, nn.Module):
         else:
             out = self.ln_f(x).view(B, L, S, D)[:, :, -1]  # (B, L, D) the ACT tokens
         count = count + length
-        new = BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count)
+        return out, self._complete_blocks(BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count))
 
-        full = count == K  # (B,) blocks that just completed: write the memory, start a fresh block
+    def _complete_blocks(self, new: BlockMemory) -> BlockMemory:
+        """Rows whose block just completed (count == K): write the memory from the block, start a fresh block."""
+        M = new.tokens.shape[1]
+        full = new.count == self.cfg.block  # (B,)
         if bool(full.all()):
-            tokens = self._write(memory.tokens, new.k[:, :, :, M:], new.v[:, :, :, M:]) if M > 0 else memory.tokens
-            new = self._fresh(tokens)
-        elif bool(full.any()):
+            tokens = self._write(new.tokens, new.k[:, :, :, M:], new.v[:, :, :, M:]) if M > 0 else new.tokens
+            return self._fresh(tokens)
+        if bool(full.any()):
             # the write and memory passes of the completed rows only: envs desynchronised by their resets
             # complete blocks at different steps, so a rollout step has a few full rows, not all
             rows = full.nonzero()[:, 0]  # (n,)
-            tokens = memory.tokens[rows]  # (n, M, D)
+            tokens = new.tokens[rows]  # (n, M, D)
             if M > 0:
                 tokens = self._write(tokens, new.k[rows, :, :, M:], new.v[rows, :, :, M:])
-            new = new.put(rows, self._fresh(tokens))
-        return out, new
+            return new.put(rows, self._fresh(tokens))
+        return new
+
+    @torch.no_grad()
+    def _step_inference(self, tokens: torch.Tensor, memory: BlockMemory):
+        """``_advance`` of one step for every row, without autograd: the same arithmetic with the keys and
+        values written in place into one copy of the cache, and one attention mask row per env (a rollout's or an
+        evaluation's per-step pass, where ``_advance``'s general bookkeeping cost more than the layers).
+        tokens (N, S, D) -> (ACT outputs (N, D), memory after the step)."""
+        N, S, D = tokens.shape
+        K, M, dev = self.cfg.block, memory.tokens.shape[1], tokens.device
+        H, Dh = self.cfg.n_heads, D // self.cfg.n_heads
+        count = memory.count  # (N,) the step's position in its block, < K
+        x = tokens + self.step_emb[count][:, None]  # (N, S, D)
+        slot_step = torch.arange(K, device=dev).repeat_interleave(S)  # (K*S,)
+        mask = torch.cat([torch.ones(N, M, dtype=torch.bool, device=dev),
+                          slot_step[None] <= count[:, None]], 1)[:, None, None]  # (N, 1, 1, M + K*S)
+        # a copy: the caller's memory (a rollout storage may hold it) stays as it was
+        k_all, v_all = memory.k.clone(), memory.v.clone()  # (N, V, H, M + K*S, Dh)
+        slots = (M + count * S)[:, None, None, None] + torch.arange(S, device=dev)[None, None, :, None]
+        slots = slots.expand(N, H, S, Dh)  # this step's token s -> slot M + count*S + s
+        for i, layer in enumerate(self.virtual_layers):
+            def store(k, v, i=i):  # (N, H, S, Dh) each
+                k_all[:, i].scatter_(2, slots, k)
+                v_all[:, i].scatter_(2, slots, v)
+                return k_all[:, i], v_all[:, i]
+            x = layer(x, store, mask)
+        out = self.ln_f(x)[:, -1]  # (N, D) the ACT tokens
+        return out, self._complete_blocks(BlockMemory(memory.tokens, k_all, v_all, count + 1))
 
     # ---- the policy interface -------------------------------------------------------------------
     def act(self, obs: dict, memory: BlockMemory | None = None):
@@ -342,9 +372,13 @@ class HistoryTransformer(StudentMixin, nn.Module):
         """``act`` without the head: (the head's input (N, F), memory). A shared critic reads it."""
         tokens = self._step_tokens(obs)  # (N, S, D)
         memory = memory if memory is not None else self.initial_memory(tokens.shape[0], tokens.device)
-        length = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        out, memory = self._advance(tokens[:, None], length, memory)
-        return self._head_input(out[:, 0], obs), memory
+        if self._probe is None and not torch.is_grad_enabled():
+            out, memory = self._step_inference(tokens, memory)  # (N, D): rollouts and evaluations
+        else:
+            length = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
+            out, memory = self._advance(tokens[:, None], length, memory)
+            out = out[:, 0]
+        return self._head_input(out, obs), memory
 
     def forward_sequence(self, obs_seq: dict, starts: torch.Tensor | None = None,
                          memory0: BlockMemory | None = None):
