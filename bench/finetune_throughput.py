@@ -284,9 +284,9 @@ def main() -> None:
     sides = [ours, baseline]
     n_params = {s.name: sum(q.numel() for q in s.runner.policy.parameters()) for s in sides}
     base_cfg = baseline.runner.ppo.cfg
-    print(f"{env.cfg.name}: {args.num_envs} envs x {args.steps_per_env} steps per iteration, PPO ours {ppo_cfg.num_epochs} "
-          f"epochs x {ppo_cfg.num_minibatches} minibatches, baseline {base_cfg.num_epochs} x {base_cfg.num_minibatches}, "
-          f"seq_len {args.seq_len}, {args.threads} torch thread(s); "
+    print(f"{env.cfg.name}: {args.num_envs} envs x {args.steps_per_env} steps per iteration, PPO ours "
+          f"{ppo_cfg.num_epochs} epochs x {ppo_cfg.num_minibatches} minibatches, baseline {base_cfg.num_epochs} x "
+          f"{base_cfg.num_minibatches}, seq_len {args.seq_len}, {args.threads} torch thread(s); "
           f"{args.warmup} warm-up + {args.rounds} rounds x {args.iterations} iterations per side; "
           f"parameters {n_params}; load {load_start}", flush=True)
 
