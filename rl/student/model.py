@@ -247,14 +247,12 @@ class HistoryTransformer(StudentMixin, nn.Module):
         device = device or self.act_emb.device
         return self._fresh(torch.zeros(n, self.cfg.n_memory, self.cfg.d_model, device=device))
 
-    def reset_memory(self, memory: BlockMemory, done: torch.Tensor, fresh: BlockMemory | None = None) -> BlockMemory:
-        """Finished envs (done (N,) bool) start over: zero memory, empty cache, counter 0. ``fresh``: a
-        one-row ``initial_memory(1)`` already computed with the current weights (a sequence reuses one)."""
+    def reset_memory(self, memory: BlockMemory, done: torch.Tensor) -> BlockMemory:
+        """Finished envs (done (N,) bool) start over: zero memory, empty cache, counter 0."""
         if not bool(done.any()):
             return memory
         # every row of a fresh memory is the same: one row's memory pass, broadcast by select's where
-        fresh = fresh if fresh is not None else self.initial_memory(1, memory.tokens.device)
-        return memory.select(done.to(memory.count.device), fresh)
+        return memory.select(done.to(memory.count.device), self.initial_memory(1, memory.tokens.device))
 
     # ---- the one computation both modes share ---------------------------------------------------
     def _step_tokens(self, obs: dict) -> torch.Tensor:
@@ -404,14 +402,12 @@ class HistoryTransformer(StudentMixin, nn.Module):
         next_start = after.flip(1).cummin(1).values.flip(1)  # (B, T)
         pos = torch.zeros(B, dtype=torch.long, device=dev)
         outs = tokens.new_zeros(B, T, D)
-        fresh = None  # the reset memory: one memory pass per call, not one per round that meets a start
         while bool((pos < T).any()):
             active = pos < T
             p = pos.clamp(max=T - 1)
-            starting = active & starts.gather(1, p[:, None])[:, 0]  # (B,)
-            if fresh is None and bool(starting.any()):
-                fresh = self.initial_memory(1, dev)
-            memory = self.reset_memory(memory, starting, fresh)
+            # a memory pass per round that meets a start: one shared pass would sum its gradients in another
+            # order, and a trained student's weights (and the pipeline's numbers) would move by float error
+            memory = self.reset_memory(memory, active & starts.gather(1, p[:, None])[:, 0])
             length = torch.minimum(K - memory.count, next_start.gather(1, p[:, None])[:, 0] - pos)
             length = torch.where(active, length, torch.zeros_like(length))
             if bool((length[active] < 1).any()):  # a broken counter would loop forever
