@@ -38,7 +38,7 @@ import pstats
 import statistics
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from envs import env_config_with, make_env  # noqa: E402
 from rl.ppo import PPOConfig  # noqa: E402
@@ -236,15 +237,13 @@ def build_sides(args) -> tuple[Side, Side, str]:
 
 
 def ppo_overrides(pairs: list[str]) -> dict:
-    """``["num_epochs=2", ...]`` -> {"num_epochs": 2, ...}, typed as PPOConfig's fields (ValueError otherwise)."""
-    types = {f.name: f.type for f in fields(PPOConfig)}
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in types or not value:
-            raise ValueError(f"--ours-ppo {pair!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
-        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() == "true"}.get(str(types[key]), str)(value)
-    return out
+    """``["num_epochs=2", ...]`` -> {"num_epochs": 2, ...}: keys and types checked against PPOConfig by OmegaConf,
+    as the pipeline's own overrides are (ValueError otherwise)."""
+    try:
+        merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PPOConfig), OmegaConf.from_dotlist(pairs)))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"--ours-ppo {' '.join(pairs)}: {str(e).splitlines()[0]}") from None
+    return {key: getattr(merged, key) for key in (pair.partition("=")[0] for pair in pairs)}
 
 
 def parse_args(argv: list[str] | None = None):

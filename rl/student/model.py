@@ -277,12 +277,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
         count = memory.count
         step = count[:, None] + torch.arange(L, device=dev)  # (B, L) position in the block
         x = (chunk + self.step_emb[step.clamp(max=K - 1)][:, :, None]).reshape(B, L * S, D)
-        slot_step = torch.arange(K, device=dev).repeat_interleave(S)  # (K*S,)
         M = memory.tokens.shape[1]
-        mask = torch.cat([
-            torch.ones(1, L * S, M, dtype=torch.bool, device=dev).expand(B, -1, -1),  # memory: always
-            slot_step[None, None, :] <= step.repeat_interleave(S, 1)[:, :, None],  # this block's steps <= own
-        ], dim=-1)[:, None]  # (B, 1, L*S, M + K*S)
+        mask = self._block_mask(step.repeat_interleave(S, 1), M)  # (B, 1, L*S, M + K*S)
         # Cache slots of the chunk's valid tokens: step count + j, token s -> slot M + (count + j)*S + s.
         b, j = (torch.arange(L, device=dev)[None] < length[:, None]).nonzero(as_tuple=True)  # (n,)
         b_tok = b.repeat_interleave(S)  # (n*S,)
@@ -315,6 +311,14 @@ class HistoryTransformer(StudentMixin, nn.Module):
         count = count + length
         return out, self._complete_blocks(BlockMemory(memory.tokens, torch.stack(ks, 1), torch.stack(vs, 1), count))
 
+    def _block_mask(self, step: torch.Tensor, M: int) -> torch.Tensor:
+        """step (B, Q): the block position of each query's step -> (B, 1, Q, M + K*S) bool over the cache's slots:
+        the M memory slots always, this block's steps up to the query's own (causal over steps, full within one)."""
+        B, Q = step.shape
+        slot_step = torch.arange(self.cfg.block, device=step.device).repeat_interleave(self.S)  # (K*S,)
+        return torch.cat([torch.ones(B, Q, M, dtype=torch.bool, device=step.device),
+                          slot_step <= step[:, :, None]], -1)[:, None]
+
     def _complete_blocks(self, new: BlockMemory) -> BlockMemory:
         """Rows whose block just completed (count == K): write the memory from the block, start a fresh block."""
         M = new.tokens.shape[1]
@@ -339,13 +343,11 @@ class HistoryTransformer(StudentMixin, nn.Module):
         evaluation's per-step pass, where ``_advance``'s general bookkeeping cost more than the layers).
         tokens (N, S, D) -> (ACT outputs (N, D), memory after the step)."""
         N, S, D = tokens.shape
-        K, M, dev = self.cfg.block, memory.tokens.shape[1], tokens.device
+        M, dev = memory.tokens.shape[1], tokens.device
         H, Dh = self.cfg.n_heads, D // self.cfg.n_heads
-        count = memory.count  # (N,) the step's position in its block, < K
+        count = memory.count  # (N,) the step's position in its block, < block
         x = tokens + self.step_emb[count][:, None]  # (N, S, D)
-        slot_step = torch.arange(K, device=dev).repeat_interleave(S)  # (K*S,)
-        mask = torch.cat([torch.ones(N, M, dtype=torch.bool, device=dev),
-                          slot_step[None] <= count[:, None]], 1)[:, None, None]  # (N, 1, 1, M + K*S)
+        mask = self._block_mask(count[:, None], M)  # (N, 1, 1, M + K*S): one row serves the step's S tokens
         # a copy: the caller's memory (a rollout storage may hold it) stays as it was
         k_all, v_all = memory.k.clone(), memory.v.clone()  # (N, V, H, M + K*S, Dh)
         slots = (M + count * S)[:, None, None, None] + torch.arange(S, device=dev)[None, None, :, None]
