@@ -134,6 +134,12 @@ class SelectSchema:
 
 
 @dataclass
+class FinetuneSelectSchema(SelectSchema):
+    confirm_top: int = spec(ge=0)  # 0 or 1: no confirmation
+    confirm_episodes: int = spec(ge=0)
+
+
+@dataclass
 class CurriculumSchema:
     expert_state_share: float = rate()
     adaptive: bool = MISSING
@@ -283,7 +289,7 @@ class FinetuneSchema:
     diag_every: int = spec(ge=0)
     progress: bool = MISSING
     ppo: FinetunePPOSchema = MISSING
-    select: SelectSchema = MISSING
+    select: FinetuneSelectSchema = MISSING
     eval_episodes: int = count()
     train_perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 

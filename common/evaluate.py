@@ -4,7 +4,8 @@ The seeds: ``evaluate(..., seed)`` resets round r at ``seed + 1000003 r``; every
 derives from that base seed, its index and its episode counter (``envs/rng.py``). The final
 evaluations (the teacher stage's table and ``stage=eval``) start at ``evaluation_seed(seed)``, the
 teacher's weight selection at ``selection_seed(seed)``, the student's at
-``student_selection_seed(seed)``, the fine-tuned student's at ``finetune_selection_seed(seed)``;
+``student_selection_seed(seed)``, the fine-tuned student's at ``finetune_selection_seed(seed)`` and its
+confirmation of the best candidates at ``finetune_confirm_seed(seed)``;
 training uses the run's seed itself and small offsets of it (+1, +2: the runner's generators, +211:
 the warm start's expert pairs, +100 + 1000 r: the curriculum's expert states, +307: fine-tuning's
 demo-state resets). They stay apart for one run's seed.
@@ -28,6 +29,7 @@ EVAL_SEED_OFFSET = 7919
 SELECTION_SEED_OFFSET = 31337
 STUDENT_SELECTION_SEED_OFFSET = 52711
 FINETUNE_SELECTION_SEED_OFFSET = 70423
+FINETUNE_CONFIRM_SEED_OFFSET = 90599
 
 
 def evaluation_seed(seed: int) -> int:
@@ -49,6 +51,11 @@ def student_selection_seed(seed: int) -> int:
 def finetune_selection_seed(seed: int) -> int:
     """The base seed of fine-tuning's closed-loop selection (``finetune.select``), apart from the others."""
     return int(seed) + FINETUNE_SELECTION_SEED_OFFSET
+
+
+def finetune_confirm_seed(seed: int) -> int:
+    """The base seed on which fine-tuning replays its best candidates (``finetune.select.confirm_top``)."""
+    return int(seed) + FINETUNE_CONFIRM_SEED_OFFSET
 
 
 def evaluation_env_config(cfg, num_episodes: int) -> dict:

@@ -35,6 +35,7 @@ from common.evaluate import (
     evaluate_policy,
     evaluation_env_config,
     evaluation_seed,
+    finetune_confirm_seed,
     finetune_selection_seed,
     format_table,
 )
@@ -123,6 +124,7 @@ def run(cfg) -> dict:
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
           f"imitation={f.imitation}: {term}, demo resets {f.demo_reset_prob}")
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
+    _confirm(cfg, selector, policy)
     logger.close()
     env.close()
     from rl.plot import load, plot
@@ -205,7 +207,22 @@ def _selector(cfg, env_cfg: dict) -> BestCheckpoint | None:
     n = int(s.episodes)
     # the env as evaluated (no training perturbations), on seeds apart from the final evaluation's
     return BestCheckpoint(lambda: make_env(evaluation_env_config(cfg, n)), int(s.every), n, int(cfg.seed),
-                          actor=lambda p: p.student, seed_fn=finetune_selection_seed)
+                          actor=lambda p: p.student, seed_fn=finetune_selection_seed, keep=max(1, int(s.confirm_top)))
+
+
+def _confirm(cfg, selector: BestCheckpoint | None, policy: StudentActorCritic) -> None:
+    """Replay the selection's best candidates on fresh episodes and keep the one with the most successes over
+    both sets (finetune.select.confirm_top, confirm_episodes): the best of many near-equal candidates on one
+    set of episodes is overrated (common/selection.py)."""
+    s = cfg.finetune.select
+    if selector is None or int(s.confirm_top) < 2 or int(s.confirm_episodes) <= 0:
+        return
+    rows = selector.confirm(policy, int(s.confirm_episodes), finetune_confirm_seed(int(cfg.seed)))
+    for r in rows:
+        print(f"[finetune] candidate iteration {r['iteration']}: {r['success_rate']:.1%} on the selection's "
+              f"{selector.episodes} episodes, {r['confirm_success_rate']:.1%} on {s.confirm_episodes} fresh ones, "
+              f"{r['success_rate_both']:.1%} over both" + ("  <- kept" if r["iteration"] == selector.best["iteration"]
+                                                            else ""))
 
 
 def _student_state(policy: StudentActorCritic) -> dict:
@@ -225,6 +242,8 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
             prefix = "student."
             chosen = {k[len(prefix):]: v.clone() for k, v in selector.best["model"].items() if k.startswith(prefix)}
             selected = {"iteration": selector.best["iteration"], "success_rate": selector.best["success_rate"]}
+            confirmed = [r for r in selector.confirmation if r["iteration"] == selector.best["iteration"]]
+            selected["confirm_success_rate"] = confirmed[0]["confirm_success_rate"] if confirmed else None
     history = [{"iteration": int(i), "success_rate": float(r)} for i, r in (selector.history if selector else [])]
     start = history[0]["success_rate"] if history and history[0]["iteration"] == 0 else None
     keep = {k: v for k, v in info.items() if k not in ("selected", "selection", "eval", "finetune")}
@@ -234,8 +253,10 @@ def _finetuned_checkpoint(cfg, init_path: Path, info: dict, policy: StudentActor
             "finetune": {"init_ckpt": str(init_path), "bc_selected": info.get("selected"),
                          "selected": {"selected_iteration": selected["iteration"],
                                       "selection_success_rate": selected["success_rate"],
+                                      "confirm_success_rate": selected.get("confirm_success_rate"),
                                       "start_selection_success_rate": start},
                          "selection": history, "iterations": runner.iteration,
+                         "confirmation": list(selector.confirmation) if selector else [],
                          "dataset": str(dataset) if dataset else None,
                          "imitation": imitation,
                          "teacher": str(teacher.path) if teacher is not None else None,
@@ -262,7 +283,10 @@ def _report(cfg, result: dict, record: dict) -> None:
     start = record["selected"]["start_selection_success_rate"]
     sel = record["selected"]
     line = (f"selected iteration {sel['selected_iteration']} (selection success {sel['selection_success_rate']:.1%}"
-            + (f"; the BC start {start:.1%} on the same selection episodes" if start is not None else "") + ")"
+            + (f"; the BC start {start:.1%} on the same selection episodes" if start is not None else "")
+            + (f"; {sel['confirm_success_rate']:.1%} on the confirmation's fresh episodes, the best of "
+               f"{len(record['confirmation'])} candidates over both" if sel.get("confirm_success_rate") is not None
+               else "") + ")"
             if sel["selection_success_rate"] is not None
             else "no selection (finetune.select.every=0): the last weights")
     (out / "finetune_eval.md").write_text(f"# Fine-tuned student ({result['env']})\n\n{line}\n\n{table}\n"

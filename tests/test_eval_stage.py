@@ -15,6 +15,7 @@ from common import policies
 from common.evaluate import (
     ROUND_STRIDE,
     evaluation_seed,
+    finetune_confirm_seed,
     finetune_selection_seed,
     selection_seed,
     student_selection_seed,
@@ -182,7 +183,8 @@ def test_evaluation_seeds_stay_apart_from_selection_and_training():
         rounds = range(64)
         evaluation = {evaluation_seed(seed) + ROUND_STRIDE * r for r in rounds}
         selections = [{fn(seed) + ROUND_STRIDE * r for r in rounds}
-                      for fn in (selection_seed, student_selection_seed, finetune_selection_seed)]
+                      for fn in (selection_seed, student_selection_seed, finetune_selection_seed,
+                                 finetune_confirm_seed)]
         training = {seed, seed + 1, seed + 2, seed + 211, seed + 307} | {seed + 100 + 1000 * r for r in range(8)}
         seen = set(evaluation)
         for selection in selections:  # each selection on its own seeds, none of them the final evaluation's

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import pipeline
-from common.evaluate import evaluate, evaluation_env_config, finetune_selection_seed
+from common.evaluate import evaluate, evaluation_env_config, finetune_confirm_seed, finetune_selection_seed
 from common.policies import NetworkPolicy
 from envs import make_env
 from finetune.stage import run
@@ -25,6 +25,7 @@ from tests.test_pipeline import pipeline as cli
 ENV = ["env=lift", "env.episode_length=30"]  # the scripted expert succeeds in ~25 steps
 FT = [*ENV, "finetune.num_envs=4", "finetune.steps_per_env=8", "finetune.seq_len=8", "finetune.iterations=3",
       "finetune.critic_warmup_iterations=1", "finetune.select.every=1", "finetune.select.episodes=4",
+      "finetune.select.confirm_top=2", "finetune.select.confirm_episodes=4",
       "finetune.eval_episodes=4", "finetune.critic_hidden=[16]", "finetune.progress=false",
       "finetune.ppo.num_epochs=1", "finetune.ppo.num_minibatches=2", "finetune.imitation_burn_in=4"]
 TIMING = ("time", "env_steps_per_s", "s_per_iteration", "s_per_rollout")
@@ -85,12 +86,15 @@ def init_weights(inputs) -> dict:
     return torch.load(inputs["student"], weights_only=True)["state_dict"]
 
 
-def replay_selection(cfg, student) -> float:
-    """The selector's measure, rebuilt from its parts: the mean action on the selection seeds."""
+def replay_selection(cfg, student, confirm: bool = False) -> float:
+    """The selector's measure, rebuilt from its parts: the mean action on the selection seeds (or the
+    confirmation's)."""
     n = int(cfg.finetune.select.episodes)
     env = make_env(evaluation_env_config(cfg, n))
     player = NetworkPolicy(student)
-    result = evaluate(env, player.act, player.reset, n, seed=finetune_selection_seed(cfg.seed), progress=False)
+    seed = finetune_confirm_seed(cfg.seed) if confirm else finetune_selection_seed(cfg.seed)
+    episodes = int(cfg.finetune.select.confirm_episodes) if confirm else n
+    result = evaluate(env, player.act, player.reset, episodes, seed=seed, progress=False)
     env.close()
     return result["success_rate"]
 
@@ -129,6 +133,10 @@ def test_stage_writes_a_student_checkpoint_of_the_selected_and_last_weights(fine
     assert replay_selection(cfg, student) == ckpt["selected"]["success_rate"]
     last, _ = load_student(path, env_name="Lift-v1", weights="last")
     assert replay_selection(cfg, last) == record["selection"][-1]["success_rate"]
+    # the two best candidates replayed on the confirmation's fresh episodes: the selected weights' row replays
+    assert [r["iteration"] for r in record["confirmation"]] == [0, 1]  # all tied at 0%: the earliest first
+    assert record["confirmation"][0]["confirm_success_rate"] == replay_selection(cfg, student, confirm=True)
+    assert record["selected"]["confirm_success_rate"] == record["confirmation"][0]["confirm_success_rate"]
 
     metrics = rows(run_dir)
     assert [r["iteration"] for r in metrics] == [1, 2, 3] and all(r["stage"] == "finetune" for r in metrics)
