@@ -52,8 +52,8 @@ class BestCheckpoint:
 
     @torch.no_grad()
     def consider(self, iteration: int, policy) -> dict:
-        """Evaluate ``policy``'s mean action; keep its weights if it beats the best so far (ties go to
-        the earlier weights: a later one has to be measurably better)."""
+        """Evaluate ``policy``'s mean action; keep its weights if they rank among the ``keep`` best so far
+        (ties go to the earlier weights: a later one has to be measurably better)."""
         was_training = policy.training
         policy.eval()
         rate = self._success_rate(policy, self.episodes, self.seed)
