@@ -54,10 +54,7 @@ class BestCheckpoint:
     def consider(self, iteration: int, policy) -> dict:
         """Evaluate ``policy``'s mean action; keep its weights if they rank among the ``keep`` best so far
         (ties go to the earlier weights: a later one has to be measurably better)."""
-        was_training = policy.training
-        policy.eval()
         rate = self._success_rate(policy, self.episodes, self.seed)
-        policy.train(was_training)
         self.history.append([iteration, rate])
         rank = sum(c["success_rate"] >= rate for c in self.candidates)  # after every candidate at least as good
         if rank < self.keep:
@@ -70,10 +67,15 @@ class BestCheckpoint:
                 "selected_success_rate": self.best["success_rate"]}
 
     def _success_rate(self, policy, episodes: int, seed: int) -> float:
+        """``policy``'s mean action in eval mode (its training mode restored) on ``episodes`` from ``seed``."""
         if self.env is None:
             self.env = self.make_eval_env()
+        was_training = policy.training
+        policy.eval()
         player = NetworkPolicy(self.actor(policy))  # the mean action; memory carried and reset per episode
-        return evaluate(self.env, player.act, player.reset, episodes, seed=seed, progress=False)["success_rate"]
+        result = evaluate(self.env, player.act, player.reset, episodes, seed=seed, progress=False)
+        policy.train(was_training)
+        return result["success_rate"]
 
     @torch.no_grad()
     def confirm(self, policy, episodes: int, seed: int) -> list[dict]:
@@ -84,8 +86,6 @@ class BestCheckpoint:
         if len(self.candidates) < 2 or episodes <= 0:
             return []
         own = copy.deepcopy(policy.state_dict())
-        was_training = policy.training
-        policy.eval()
         rows = []
         for c in self.candidates:
             policy.load_state_dict(c["model"])
@@ -94,7 +94,6 @@ class BestCheckpoint:
             rows.append({"iteration": c["iteration"], "success_rate": c["success_rate"],
                          "confirm_success_rate": rate, "success_rate_both": total / (self.episodes + episodes)})
         policy.load_state_dict(own)
-        policy.train(was_training)
         winner = max(range(len(rows)), key=lambda i: (rows[i]["success_rate_both"], -i))
         self.best = self.candidates[winner]
         self.confirmation = rows

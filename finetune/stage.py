@@ -207,15 +207,15 @@ def _selector(cfg, env_cfg: dict) -> BestCheckpoint | None:
     n = int(s.episodes)
     # the env as evaluated (no training perturbations), on seeds apart from the final evaluation's
     return BestCheckpoint(lambda: make_env(evaluation_env_config(cfg, n)), int(s.every), n, int(cfg.seed),
-                          actor=lambda p: p.student, seed_fn=finetune_selection_seed, keep=max(1, int(s.confirm_top)))
+                          actor=lambda p: p.student, seed_fn=finetune_selection_seed, keep=int(s.confirm_top))
 
 
 def _confirm(cfg, selector: BestCheckpoint | None, policy: StudentActorCritic) -> None:
     """Replay the selection's best candidates on fresh episodes and keep the one with the most successes over
     both sets (finetune.select.confirm_top, confirm_episodes): the best of many near-equal candidates on one
-    set of episodes is overrated (common/selection.py)."""
+    set of episodes is overrated (common/selection.py). One candidate (confirm_top 0 or 1) or no episodes: nothing."""
     s = cfg.finetune.select
-    if selector is None or int(s.confirm_top) < 2 or int(s.confirm_episodes) <= 0:
+    if selector is None:
         return
     rows = selector.confirm(policy, int(s.confirm_episodes), finetune_confirm_seed(int(cfg.seed)))
     for r in rows:
