@@ -10,8 +10,11 @@ baseline:  the same runner on the teacher's ``MLPActorCritic`` (``teacher.ppo_te
 Both: the same env config (``--env``, with the teacher's ``train_perturbations`` merged in, as
 stage=teacher trains), num_envs, steps per env, and the same PPOConfig (configs/teacher/ppo.yaml's
 ``ppo:``: epochs, minibatches, schedule); every update trains the actor (no critic warm-up); each
-side has its own env instance of the same config and seed. ``--ours-ppo num_epochs=2`` changes ours' PPOConfig
-alone (the baseline keeps the teacher's): what a cheaper student update buys.
+side has its own env instance of the same config and seed. Ours' epochs and minibatches are the
+fine-tuning stage's under ``--preset`` (configs/finetune/default.yaml's ``ppo:`` with configs/preset/<preset>.yaml's
+``finetune.ppo:`` over it; default ``full``, the recipe the README's fine-tuning results use; ``--preset none``:
+the teacher's, i.e. equal settings); ``--ours-ppo num_epochs=2`` overrides ours' PPOConfig on top. The baseline keeps
+the teacher's PPOConfig.
 
 The sides alternate in one process: a round runs ``--iterations`` PPO iterations of each (the order
 flips every round), after ``--warmup`` iterations each that are not timed. Times come from the
@@ -20,7 +23,8 @@ rollout: the PPO update, the critic normaliser's update and the storage clear). 
 round = its iterations' env steps / their time; ``ours``/``baseline`` are medians over the rounds and
 ``ratio`` the median of the per-round ratios (both sides of a round share the machine's load).
 
-    python bench/finetune_throughput.py [--env pick_loose] [--rounds 6] [--threads 1] [--profile 2] [--ours-ppo K=V ...]
+    python bench/finetune_throughput.py [--env pick_loose] [--preset full|quick|default|none] [--rounds 6] [--threads 1]
+                                        [--profile 2] [--ours-ppo K=V ...]
 
 ``--profile N``: after the rounds, cProfile over N more iterations of ours: where its time goes
 (rollout: the per-step pass, the critic, env.step, storage and memory; update: the sequence
@@ -72,6 +76,21 @@ def env_config(name: str, seed: int, num_envs: int, env_threads: int | None) -> 
     cfg["seed"] = seed  # the yaml's ${seed} is the pipeline's interpolation
     overrides = {"num_envs": num_envs, **({"num_threads": env_threads} if env_threads is not None else {})}
     return env_config_with(cfg, load_yaml("teacher", "ppo.yaml")["train_perturbations"], **overrides)
+
+
+# the PPOConfig fields that set an update's cost: what ours takes from the fine-tuning stage's config
+COST_KEYS = ("num_epochs", "num_minibatches")
+
+
+def stage_ppo(preset: str) -> dict:
+    """The fine-tuning stage's epochs and minibatches under ``preset`` (``default``: configs/finetune/default.yaml
+    alone; ``none``: {}, i.e. the teacher's, as the baseline)."""
+    if preset == "none":
+        return {}
+    ppo = load_yaml("finetune", "default.yaml")["ppo"]
+    if preset != "default":
+        ppo.update(((load_yaml("preset", f"{preset}.yaml").get("finetune") or {}).get("ppo")) or {})
+    return {k: ppo[k] for k in COST_KEYS}
 
 
 def fitted_student(env_cfg: dict, spec, num_actions: int, steps: int, seed: int):
@@ -213,12 +232,13 @@ def profile_student(side: Side, iterations: int) -> dict:
 
 
 def build_sides(args) -> tuple[Side, Side, str]:
-    """(ours, baseline, where the student came from): two envs of the same config and seed, one
-    PPOConfig (configs/teacher/ppo.yaml's) and one RunnerConfig for both."""
+    """(ours, baseline, where the student came from): two envs of the same config and seed, one RunnerConfig
+    for both; the baseline's PPOConfig configs/teacher/ppo.yaml's, ours the same with the fine-tuning stage's
+    epochs and minibatches under --preset, then --ours-ppo."""
     env_cfg = env_config(args.env, args.seed, args.num_envs, args.env_threads)
     teacher = OmegaConf.create(load_yaml("teacher", "ppo.yaml"))
     ppo_cfg = PPOConfig(**OmegaConf.to_container(teacher.ppo))
-    ours_ppo = replace(ppo_cfg, **args.ours_ppo)  # the same unless --ours-ppo says otherwise
+    ours_ppo = replace(ppo_cfg, **{**stage_ppo(args.preset), **args.ours_ppo})  # the stage's cost, then --ours-ppo
     run_cfg = RunnerConfig(num_steps_per_env=args.steps_per_env, seq_len=args.seq_len, seed=args.seed,
                            num_iterations=0, save_every=10 ** 9)
     torch.manual_seed(args.seed)
@@ -260,8 +280,10 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--iterations", type=int, default=2, help="iterations per side per round")
     p.add_argument("--fit-steps", type=int, default=16, help="env steps (x num_envs) the normaliser is fitted on")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N more iterations of ours")
+    p.add_argument("--preset", default="full", choices=["full", "quick", "default", "none"],
+                   help="ours' epochs and minibatches: the fine-tuning stage's under this preset (none: the teacher's)")
     p.add_argument("--ours-ppo", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="ours' PPOConfig fields that differ from the baseline's, e.g. num_epochs=2 (default: none)")
+                   help="ours' PPOConfig fields over the preset's, e.g. num_epochs=2 (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -325,7 +347,7 @@ def main() -> None:
         "ratios": ratios, "rounds": {s.name: s.rounds for s in sides},
         "num_envs": args.num_envs, "steps_per_env": args.steps_per_env, "seq_len": args.seq_len,
         "num_epochs": ppo_cfg.num_epochs, "num_minibatches": ppo_cfg.num_minibatches,
-        "ours_ppo_overrides": args.ours_ppo,
+        "preset": args.preset, "ours_stage_ppo": stage_ppo(args.preset), "ours_ppo_overrides": args.ours_ppo,
         "baseline_num_epochs": baseline.runner.ppo.cfg.num_epochs,
         "warmup": args.warmup, "iterations_per_round": args.iterations, "threads": args.threads,
         "env_threads": env.cfg.num_threads, "student": origin,

@@ -1,6 +1,7 @@
 """bench/finetune_throughput.py compares like with like: both sides on the same env config (the teacher's
-training perturbations in), the same PPOConfig and steps per env; ours is the recurrent student with a
-privileged critic, the baseline the teacher's MLP; the profile leaves the runner's methods as they were.
+training perturbations in), the same PPOConfig (ours with the fine-tuning stage's epochs and minibatches under
+--preset) and steps per env; ours is the recurrent student with a privileged critic, the baseline the teacher's MLP;
+the profile leaves the runner's methods as they were.
 A few tiny iterations, no timing asserted."""
 
 import pytest
@@ -12,7 +13,8 @@ from rl.student_actor_critic import StudentActorCritic
 
 
 def test_both_sides_share_env_and_ppo_settings_and_the_profile_restores_the_runner():
-    args = bench.parse_args(["--num-envs", "4", "--steps-per-env", "8", "--fit-steps", "2", "--env-threads", "1"])
+    args = bench.parse_args(["--num-envs", "4", "--steps-per-env", "8", "--fit-steps", "2", "--env-threads", "1",
+                             "--preset", "none"])
     ours, baseline, origin = bench.build_sides(args)
     try:
         assert isinstance(ours.runner.policy, StudentActorCritic) and ours.runner.policy.is_recurrent
@@ -40,7 +42,7 @@ def test_both_sides_share_env_and_ppo_settings_and_the_profile_restores_the_runn
 
 def test_ours_ppo_overrides_change_ours_alone_and_bad_keys_are_refused():
     args = bench.parse_args(["--num-envs", "2", "--steps-per-env", "8", "--fit-steps", "1", "--env-threads", "1",
-                             "--ours-ppo", "num_epochs=2", "desired_kl=0.02"])
+                             "--preset", "none", "--ours-ppo", "num_epochs=2", "desired_kl=0.02"])
     ours, baseline, _ = bench.build_sides(args)
     try:
         assert ours.runner.ppo.cfg.num_epochs == 2 and ours.runner.ppo.cfg.desired_kl == 0.02
@@ -53,3 +55,22 @@ def test_ours_ppo_overrides_change_ours_alone_and_bad_keys_are_refused():
         with pytest.raises(SystemExit) as e:
             bench.parse_args(["--ours-ppo", *bad])
         assert e.value.code == 2
+
+
+@pytest.mark.parametrize("preset", ["full", "quick", "default"])
+def test_ours_takes_the_fine_tuning_stages_epochs_and_minibatches(preset):
+    """What ours runs is what `stage=finetune preset=P` runs: the stage's ppo block, the preset's over it."""
+    stage = bench.load_yaml("finetune", "default.yaml")["ppo"]
+    if preset != "default":
+        stage.update(bench.load_yaml("preset", f"{preset}.yaml").get("finetune", {}).get("ppo", {}))
+    args = bench.parse_args(["--num-envs", "2", "--steps-per-env", "8", "--fit-steps", "1", "--env-threads", "1",
+                             "--preset", preset, "--ours-ppo", "desired_kl=0.02"])
+    ours, baseline, _ = bench.build_sides(args)
+    try:
+        assert ours.runner.ppo.cfg.num_epochs == stage["num_epochs"]
+        assert ours.runner.ppo.cfg.num_minibatches == stage["num_minibatches"]
+        assert ours.runner.ppo.cfg.desired_kl == 0.02 and baseline.runner.ppo.cfg.desired_kl == 0.01
+        assert baseline.runner.ppo.cfg.num_epochs == bench.load_yaml("teacher", "ppo.yaml")["ppo"]["num_epochs"]
+    finally:
+        ours.env.close()
+        baseline.env.close()
