@@ -11,10 +11,9 @@ Both: the same env config (``--env``, with the teacher's ``train_perturbations``
 stage=teacher trains), num_envs, steps per env, and the same PPOConfig (configs/teacher/ppo.yaml's
 ``ppo:``: epochs, minibatches, schedule); every update trains the actor (no critic warm-up); each
 side has its own env instance of the same config and seed. Ours' epochs and minibatches are the
-fine-tuning stage's under ``--preset`` (configs/finetune/default.yaml's ``ppo:`` with configs/preset/<preset>.yaml's
-``finetune.ppo:`` over it; default ``full``, the recipe the README's fine-tuning results use; ``--preset none``:
-the teacher's, i.e. equal settings); ``--ours-ppo num_epochs=2`` overrides ours' PPOConfig on top. The baseline keeps
-the teacher's PPOConfig.
+fine-tuning stage's as ``python pipeline.py preset=<--preset>`` composes them (default ``full``, the recipe the
+README's fine-tuning results use; ``--preset none``: the teacher's, i.e. equal settings); ``--ours-ppo num_epochs=2``
+overrides ours' PPOConfig on top. The baseline keeps the teacher's PPOConfig.
 
 The sides alternate in one process: a round runs ``--iterations`` PPO iterations of each (the order
 flips every round), after ``--warmup`` iterations each that are not timed. Times come from the
@@ -23,7 +22,7 @@ rollout: the PPO update, the critic normaliser's update and the storage clear). 
 round = its iterations' env steps / their time; ``ours``/``baseline`` are medians over the rounds and
 ``ratio`` the median of the per-round ratios (both sides of a round share the machine's load).
 
-    python bench/finetune_throughput.py [--env pick_loose] [--preset full|quick|default|none] [--rounds 6] [--threads 1]
+    python bench/finetune_throughput.py [--env pick_loose] [--preset full|quick|none] [--rounds 6] [--threads 1]
                                         [--profile 2] [--ours-ppo K=V ...]
 
 ``--profile N``: after the rounds, cProfile over N more iterations of ours: where its time goes
@@ -51,9 +50,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+import pipeline  # noqa: E402  (its import registers the config schema the yamls compose onto)
 from envs import env_config_with, make_env  # noqa: E402
 from rl.ppo import PPOConfig  # noqa: E402
 from rl.runner import OnPolicyRunner, RunnerConfig  # noqa: E402
@@ -83,13 +84,12 @@ COST_KEYS = ("num_epochs", "num_minibatches")
 
 
 def stage_ppo(preset: str) -> dict:
-    """The fine-tuning stage's epochs and minibatches under ``preset`` (``default``: configs/finetune/default.yaml
-    alone; ``none``: {}, i.e. the teacher's, as the baseline)."""
+    """The fine-tuning stage's epochs and minibatches as the pipeline composes them with ``preset=<preset>``
+    (``none``: {}, i.e. the teacher's, as the baseline)."""
     if preset == "none":
         return {}
-    ppo = load_yaml("finetune", "default.yaml")["ppo"]
-    if preset != "default":
-        ppo.update(((load_yaml("preset", f"{preset}.yaml").get("finetune") or {}).get("ppo")) or {})
+    with initialize_config_dir(config_dir=pipeline.CONFIG_DIR, version_base="1.3"):
+        ppo = compose(config_name="config", overrides=[f"preset={preset}"]).finetune.ppo
     return {k: ppo[k] for k in COST_KEYS}
 
 
@@ -280,7 +280,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--iterations", type=int, default=2, help="iterations per side per round")
     p.add_argument("--fit-steps", type=int, default=16, help="env steps (x num_envs) the normaliser is fitted on")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N more iterations of ours")
-    p.add_argument("--preset", default="full", choices=["full", "quick", "default", "none"],
+    p.add_argument("--preset", default="full", choices=["full", "quick", "none"],
                    help="ours' epochs and minibatches: the fine-tuning stage's under this preset (none: the teacher's)")
     p.add_argument("--ours-ppo", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ours' PPOConfig fields over the preset's, e.g. num_epochs=2 (default: none)")
@@ -347,7 +347,7 @@ def main() -> None:
         "ratios": ratios, "rounds": {s.name: s.rounds for s in sides},
         "num_envs": args.num_envs, "steps_per_env": args.steps_per_env, "seq_len": args.seq_len,
         "num_epochs": ppo_cfg.num_epochs, "num_minibatches": ppo_cfg.num_minibatches,
-        "preset": args.preset, "ours_stage_ppo": stage_ppo(args.preset), "ours_ppo_overrides": args.ours_ppo,
+        "preset": args.preset, "ours_ppo_overrides": args.ours_ppo,
         "baseline_num_epochs": baseline.runner.ppo.cfg.num_epochs,
         "warmup": args.warmup, "iterations_per_round": args.iterations, "threads": args.threads,
         "env_threads": env.cfg.num_threads, "student": origin,

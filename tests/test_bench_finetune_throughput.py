@@ -5,8 +5,10 @@ the profile leaves the runner's methods as they were.
 A few tiny iterations, no timing asserted."""
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 import bench.finetune_throughput as bench
+import pipeline
 from rl.networks import MLPActorCritic
 from rl.recurrent_storage import RecurrentRolloutStorage
 from rl.student_actor_critic import StudentActorCritic
@@ -57,20 +59,25 @@ def test_ours_ppo_overrides_change_ours_alone_and_bad_keys_are_refused():
         assert e.value.code == 2
 
 
-@pytest.mark.parametrize("preset", ["full", "quick", "default"])
+@pytest.mark.parametrize("preset", ["full", "quick"])
 def test_ours_takes_the_fine_tuning_stages_epochs_and_minibatches(preset):
-    """What ours runs is what `stage=finetune preset=P` runs: the stage's ppo block, the preset's over it."""
-    stage = bench.load_yaml("finetune", "default.yaml")["ppo"]
-    if preset != "default":
-        stage.update(bench.load_yaml("preset", f"{preset}.yaml").get("finetune", {}).get("ppo", {}))
+    """What ours runs is what `stage=finetune preset=P` runs: the pipeline's own composition of the config."""
+    with initialize_config_dir(config_dir=pipeline.CONFIG_DIR, version_base="1.3"):
+        stage = compose(config_name="config", overrides=[f"preset={preset}"]).finetune.ppo
     args = bench.parse_args(["--num-envs", "2", "--steps-per-env", "8", "--fit-steps", "1", "--env-threads", "1",
                              "--preset", preset, "--ours-ppo", "desired_kl=0.02"])
     ours, baseline, _ = bench.build_sides(args)
     try:
-        assert ours.runner.ppo.cfg.num_epochs == stage["num_epochs"]
-        assert ours.runner.ppo.cfg.num_minibatches == stage["num_minibatches"]
+        assert ours.runner.ppo.cfg.num_epochs == stage.num_epochs
+        assert ours.runner.ppo.cfg.num_minibatches == stage.num_minibatches
         assert ours.runner.ppo.cfg.desired_kl == 0.02 and baseline.runner.ppo.cfg.desired_kl == 0.01
         assert baseline.runner.ppo.cfg.num_epochs == bench.load_yaml("teacher", "ppo.yaml")["ppo"]["num_epochs"]
     finally:
         ours.env.close()
         baseline.env.close()
+
+
+def test_a_preset_the_pipeline_does_not_have_is_refused():
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--preset", "default"])
+    assert e.value.code == 2
