@@ -10,9 +10,9 @@ import torch
 from tests.conftest import ROOT
 
 
-def pipeline(*args, cwd=ROOT):
+def pipeline(*args, cwd=ROOT, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
