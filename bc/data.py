@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bc.streams import ChunkSampler, StreamDataset, process_share
-from datasets.arrays import read_policy_arrays
+from datasets.arrays import concat_policy_arrays, first_episodes_of, read_policy_arrays
 from datasets.store import EpisodeStore
 from envs.base import ConfigError, ObsSpec
 
@@ -122,7 +122,7 @@ class EpochSampler(Sampler):
 class BCDataModule(L.LightningDataModule):
     """Reads the store at ``setup`` (each process, in place), splits by episode, makes the windows."""
 
-    def __init__(self, path: str, spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
+    def __init__(self, path: str | list[str], spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
                  val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0,
                  num_episodes: int | None = None, memory_start: str = "burn_in", epochs: int = 1):
         super().__init__()
@@ -132,7 +132,8 @@ class BCDataModule(L.LightningDataModule):
         if memory_start not in ("burn_in", "carry"):
             raise ConfigError(f"bc.memory_start={memory_start!r}; choose burn_in or carry")
         self.carry = memory_start == "carry"  # streams of whole episodes (bc/streams.py), not windows
-        self.path, self.spec = path, spec
+        self.paths = [path] if isinstance(path, str) else list(path)  # the first: bc.dataset; then bc.extra_datasets
+        self.path, self.spec = self.paths[0], spec
         self.window, self.stride, self.burn_in = window, stride, burn_in
         self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
         self.mask_perturbed, self.num_workers = perturbed_steps == "mask", num_workers
@@ -142,16 +143,17 @@ class BCDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.arrays is not None:
             return
-        self.arrays = read_policy_arrays(EpisodeStore.open(self.path), self.spec)
-        n = len(self.arrays["ends"])
+        parts = [read_policy_arrays(EpisodeStore.open(p), self.spec) for p in self.paths]
+        n = len(parts[0]["ends"])
         if n == 0:
             raise ConfigError(f"dataset {self.path} has no committed episodes; collect some first")
         if self.num_episodes is not None:
             if self.num_episodes > n:
                 raise ConfigError(f"bc.num_episodes={self.num_episodes} but {self.path} has {n} committed episodes; "
                                   f"lower it or collect more")
-            n = self.num_episodes
-            self.arrays["ends"] = self.arrays["ends"][:n]  # later steps are never indexed
+            parts[0] = first_episodes_of(parts[0], self.num_episodes)
+        self.arrays = concat_policy_arrays(parts)
+        n = len(self.arrays["ends"])
         self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
         if self.carry:
             self.train_set = StreamDataset(self.arrays, self.train_episodes, self.batch_size, self.window, self.seed,

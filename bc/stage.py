@@ -58,6 +58,40 @@ def _open_dataset(cfg) -> tuple[Path, EpisodeStore]:
     return path, store
 
 
+def _open_extra_datasets(cfg, store: EpisodeStore) -> list[tuple[Path, EpisodeStore]]:
+    """``bc.extra_datasets``: stores of the same env and policy observations as ``bc.dataset``'s."""
+    extras = []
+    for p in cfg.bc.extra_datasets:
+        path = Path(str(p)).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"bc.extra_datasets: {path} does not exist; collect it first (e.g. stage=collect "
+                              f"collect.actor=STUDENT collect.out={path})")
+        extra = EpisodeStore.open(path)
+        if extra.attrs.get("env") != store.attrs.get("env") or \
+                extra.attrs.get("obs_spec", {}).get("policy") != store.attrs.get("obs_spec", {}).get("policy"):
+            raise ConfigError(f"bc.extra_datasets: {path} was collected on {extra.attrs.get('env')} or with other "
+                              f"policy observations than bc.dataset's {store.attrs.get('env')}; pass stores of one "
+                              f"env config")
+        extras.append((path, extra))
+    return extras
+
+
+def _init_from(cfg, model: torch.nn.Module, env_name: str) -> dict | None:
+    """``bc.init_ckpt``: load that student's selected weights (its normaliser with them) into ``model``;
+    a student of another env, kind or config: one line, exit 2. Returns what it says of itself."""
+    if cfg.bc.init_ckpt is None:
+        return None
+    from rl.student.checkpoint import load_student
+
+    path = Path(str(cfg.bc.init_ckpt)).expanduser().resolve()
+    init, info = load_student(path, env_name=env_name, model_kind=model.kind)
+    if info["model_config"] != model.config_dict():
+        raise ConfigError(f"bc.init_ckpt={path} holds a {model.kind} student with another config than the "
+                          f"bc.{model.kind} block; pass the block it was trained with")
+    model.load_state_dict(init.state_dict())
+    return {"path": str(path), "selected": info.get("selected")}
+
+
 def _model_config(cfg) -> dict:
     b = cfg.bc
     kind = str(b.model)
@@ -78,9 +112,11 @@ def burn_in_steps(cfg, model: torch.nn.Module) -> int:
 
 
 def data_module(cfg, path, spec: ObsSpec, burn_in: int) -> BCDataModule:
-    """The data module of ``cfg.bc`` (not yet set up): what stage=bc and bench/bc_throughput.py train on."""
+    """The data module of ``cfg.bc`` (not yet set up): what stage=bc and bench/bc_throughput.py train on.
+    ``path``: the store, or a list of stores (``bc.dataset`` then ``bc.extra_datasets``)."""
     b = cfg.bc
-    return BCDataModule(str(path), spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
+    paths = path if isinstance(path, list) else str(path)
+    return BCDataModule(paths, spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
                         float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
                         None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs))
 
@@ -183,10 +219,12 @@ def train(cfg, kind: str | None = None, _stop_after_epochs: int | None = None) -
             raise ConfigError(f"bc.window_stride={b.window_stride} and bc.burn_in={burn_in} must be multiples of the "
                               f"transformer's block bc.transformer.block={K} (memory blocks count from the episode's "
                               f"start)")
-    dm = data_module(cfg, data_path, full_spec, burn_in)
+    extras = _open_extra_datasets(cfg, store)
+    dm = data_module(cfg, [str(data_path)] + [str(p) for p, _ in extras], full_spec, burn_in)
     dm.setup()
     obs, actions = dm.train_steps()
     model.fit_normalizer(torch.from_numpy(obs), torch.from_numpy(actions), init_std_from_actions=True)
+    init = _init_from(cfg, model, env_name)  # its normaliser replaces the one just fitted: the weights expect it
     if resume:
         _check_resume(last_ckpt, model)
 
@@ -244,7 +282,10 @@ def train(cfg, kind: str | None = None, _stop_after_epochs: int | None = None) -
             "dataset": {"path": str(data_path), "hash": dataset_hash(store), "episodes": store.committed_episodes,
                         "used_episodes": len(dm.arrays["ends"]),
                         "code_version": store.attrs.get("code_version", "unknown"),
-                        "train_episodes": dm.train_episodes.tolist(), "val_episodes": dm.val_episodes.tolist()},
+                        "train_episodes": dm.train_episodes.tolist(), "val_episodes": dm.val_episodes.tolist(),
+                        "extra": [{"path": str(p), "hash": dataset_hash(x), "episodes": x.committed_episodes,
+                                   "actions": x.attrs.get("actions", "the teacher's")} for p, x in extras]},
+            "init": init,
             "bc_cfg": OmegaConf.to_container(b, resolve=True), "seed": int(cfg.seed),
             "code_version": code_version(), "train_seconds": wall}
     torch.save(ckpt, student_path)

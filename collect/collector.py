@@ -29,6 +29,7 @@ from envs import rng
 class FilterConfig:
     max_attempts: int = 6  # more attempts than this: too_many_attempts
     retry_share_target: float | None = None  # kept share with >= 1 failed attempt; None: keep what comes
+    keep_failures: bool = False  # DAgger (collect.keep=all): failed episodes are kept too, only sim_unstable filtered
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -39,6 +40,8 @@ def classify(success: bool, lost: bool, unstable: bool, touched: bool, attempts:
     """The reason to filter an episode out, or None to keep it."""
     if unstable:
         return "sim_unstable"
+    if cfg.keep_failures:  # the learner's failures are where its labels are needed most
+        return None
     if lost:
         return "object_lost"
     if attempts > cfg.max_attempts:
@@ -133,8 +136,12 @@ def _kept_counts(store: EpisodeStore) -> tuple[int, int]:
 
 
 def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, filters: FilterConfig,
-            progress=None, plan=None) -> dict:
+            progress=None, plan=None, label_with=None) -> dict:
     """Collect until ``store`` holds ``num_episodes`` kept episodes; resumes where it stopped.
+
+    ``label_with(obs) -> (N, A)`` (DAgger, ``collect.actor``): ``teacher`` is the learner that acts, and
+    the store's ``action`` at each step is ``label_with``'s label of the state acted on, not the action
+    taken.
 
     With a ``plan`` (parallel workers, see collect/parallel.py) this process plays only the plan's
     rounds, always to their end, and stops when the plan says the rounds before are enough; the
@@ -161,7 +168,8 @@ def collect(env, teacher, store: EpisodeStore, num_episodes: int, seed: int, fil
 
         def record(step, round_index=round_index, buffers=buffers, counters=counters, before=before) -> bool:
             nonlocal kept_retry, kept_plain
-            extras, action = step.extras, step.action
+            extras = step.extras
+            action = step.action if label_with is None else label_with(step.obs)
             started = np.stack([extras["perturbations"][k].numpy() for k in PERTURBATIONS], 1)  # (N, 3) bool
             acting = started | np.stack([before["ongoing"][k].numpy() for k in PERTURBATIONS], 1)
             for i in np.nonzero(step.alive)[0]:

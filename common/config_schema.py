@@ -189,6 +189,8 @@ class CollectSchema:
     num_envs: int = count()
     max_attempts: int = count()
     retry_share_target: float | None = rate()
+    actor: str | None = MISSING
+    keep: str = spec(choices=("success", "all"))
     perturbations: dict[str, Any] = MISSING  # merged into env.perturbations, checked there (precheck)
 
 
@@ -231,6 +233,8 @@ class BCRNNSchema(BCMLPSchema):
 @dataclass
 class BCSchema:
     dataset: str | None = MISSING
+    extra_datasets: list[str] = MISSING
+    init_ckpt: str | None = MISSING
     num_episodes: int | None = count(None)
     model: str = spec(choices=("transformer", "mlp", "rnn"))
     baselines: list[str] = MISSING

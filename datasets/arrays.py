@@ -28,3 +28,20 @@ def read_policy_arrays(store: EpisodeStore, spec: ObsSpec, group: str = "policy"
     steps = store.num_steps
     return {"obs": np.concatenate(cols, 1), "action": store.read("data/action").astype(np.float32),
             "perturbed": np.any(flags, 0) if flags else np.zeros(steps, bool), "ends": store.episode_ends}
+
+
+def first_episodes_of(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The arrays of the first ``n`` episodes."""
+    end = int(arrays["ends"][n - 1]) if n else 0
+    return {"obs": arrays["obs"][:end], "action": arrays["action"][:end], "perturbed": arrays["perturbed"][:end],
+            "ends": arrays["ends"][:n]}
+
+
+def concat_policy_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several stores' arrays as one (episodes in order, the ends shifted): demonstrations plus DAgger's."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(p["action"]) for p in parts[:-1]])
+    return {"obs": np.concatenate([p["obs"] for p in parts]), "action": np.concatenate([p["action"] for p in parts]),
+            "perturbed": np.concatenate([p["perturbed"] for p in parts]),
+            "ends": np.concatenate([p["ends"] + off for p, off in zip(parts, offsets)])}

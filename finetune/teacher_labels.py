@@ -1,44 +1,16 @@
-"""The privileged teacher as a labeller of the student's own states (``finetune.imitation=teacher``, the
-weight ``finetune.ppo.teacher_coef``).
-
-Behaviour cloning learns the teacher's actions at the teacher's states; closed loop, the student drifts to
-states the demonstrations never showed (covariate shift) and has no label there. During fine-tuning every
-rollout is the student's own, and the PPO teacher, a memoryless MLP on the ``privileged`` group, can say
-what it would do at each of those states: PPO's teacher term pulls the student's mean towards it (DAgger,
-Ross et al. 2011, inside the update, as teacher-student RL does: RMA, "Learning by Cheating"). The teacher
-sees hidden properties only in the ``revealed`` view, once the gripper has tried a cube, so its label at a
-state is what the student could also know from its history.
-
-A scripted teacher is refused: its actions depend on its own timers and on its memory of the episode, not
-on the state alone, and its labels off its own trajectories are nonsense (a DAgger probe with it took a
-56% teacher to 0-2%, README Known issues).
+"""Which teacher labels fine-tuning's rollouts (``finetune.imitation=teacher|auto``, the weight
+``finetune.ppo.teacher_coef``): PPO's teacher term pulls the student's mean towards the PPO teacher's label
+of each rollout state (DAgger inside the update, as teacher-student RL does: RMA, "Learning by Cheating").
+The labeller, and why a scripted teacher is refused: common/teacher_labels.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from common.policies import PolicyTeacher, check_obs_spec, load_checkpoint
+from common.policies import load_checkpoint
+from common.teacher_labels import TeacherLabels
 from envs.base import ConfigError
-
-
-class TeacherLabels:
-    """``labels(obs) -> (M, A)``: the teacher's deterministic raw action (its mean, never clipped) for obs
-    groups of (M, D); ``groups``: the groups it reads (the runner stores them with the rollout)."""
-
-    def __init__(self, path: Path, ckpt: dict, env):
-        """``ckpt``: the PPO teacher's checkpoint as ``load_checkpoint(path, ...)`` read it (kind ``ppo_mlp``)."""
-        actor_obs = ckpt["policy_cfg"]["actor_obs"]
-        check_obs_spec(ckpt, env, [actor_obs], path)
-        self.path, self.groups = Path(path), (actor_obs,)
-        self.net = PolicyTeacher(ckpt).net  # the selected weights, as collection acts with them; eval mode
-
-    @torch.no_grad()
-    def __call__(self, obs: dict) -> torch.Tensor:
-        action, _ = self.net.act_inference({g: obs[g] for g in self.groups})
-        return action
 
 
 def teacher_labels(f, out: Path, env) -> TeacherLabels | None:
