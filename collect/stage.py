@@ -40,8 +40,9 @@ def run(cfg) -> dict:
     else:
         raise ConfigError(f"teacher checkpoint {ckpt_path} does not exist; run stage=teacher first, pass "
                           f"collect.teacher_ckpt=PATH, or use teacher=scripted")
-    teacher = policy_from_checkpoint(ckpt, env, path=ckpt_path)
     actor, labels, actor_attrs = _dagger_actor(c, ckpt, ckpt_path, env)
+    # DAgger: the student acts and the teacher only labels (TeacherLabels holds its network): no second copy
+    player = actor or policy_from_checkpoint(ckpt, env, path=ckpt_path)  # who acts
 
     out = Path(c.out).expanduser().resolve() if c.out else run_dir(cfg) / "dataset.zarr"
     attrs = {"env": env.cfg.name, "simulator": collect_env_cfg["simulator"], "env_cfg": collect_env_cfg,
@@ -88,7 +89,7 @@ def run(cfg) -> dict:
         def progress(s: EpisodeStore) -> None:
             bar.update(task, completed=s.num_episodes, info=f"rejected {s.num_rejected}")
 
-        summary = collect(env, actor or teacher, store, target, int(cfg.seed), filters, progress, label_with=labels)
+        summary = collect(env, player, store, target, int(cfg.seed), filters, progress, label_with=labels)
     env.close()
     return _finish(cfg, out, summary)
 
