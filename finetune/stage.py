@@ -118,6 +118,9 @@ def run(cfg) -> dict:
     if state is not None:
         runner.load(state)
         print(f"[finetune] resuming {state_path} at iteration {runner.iteration}")
+        if runner.iteration >= int(f.iterations):  # a stopped run's export: its candidates so far, nothing trained
+            print(f"[finetune] finetune.iterations={f.iterations} <= the state's {runner.iteration}: no more training; "
+                  f"delivering the best weights selected so far")
     term = {"teacher": f"the teacher's labels (teacher_coef {ppo_cfg.teacher_coef}, {getattr(teacher, 'path', '')})",
             "demos": f"the demonstrations (bc_coef {ppo_cfg.bc_coef})", "off": "none"}[imitation]
     print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "

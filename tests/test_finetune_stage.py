@@ -266,3 +266,22 @@ def test_resume_continues_exactly(inputs, tmp_path, no_plots):
     assert same_weights(ca["state_dict"], cb["state_dict"])
     assert ca["finetune"]["selection"] == cb["finetune"]["selection"]
     assert not same_weights(ca["last_state_dict"], init_weights(inputs), skip=(LOG_STD,))  # it trained
+
+
+def test_a_stopped_run_delivers_its_best_weights_by_resuming_at_its_last_save(inputs, tmp_path, no_plots):
+    """A run killed after its last save: ``finetune.resume=true finetune.iterations=1`` (at or below the saved
+    iteration) trains nothing more and writes finetuned.pt from the candidates so far, the weights an uninterrupted
+    run of that length delivers (README: Fine-tuning)."""
+    common = ["finetune.select.every=1", "finetune.save_every=2"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    finetune(whole, inputs, *common, "finetune.iterations=2")
+    finetune(stopped, inputs, *common, "finetune.iterations=2")
+    (stopped / "finetuned.pt").unlink()  # as if killed after the save at iteration 2, before the file was written
+    lines = (stopped / "metrics.jsonl").read_text()
+    finetune(stopped, inputs, *common, "finetune.resume=true", "finetune.iterations=1")  # at or below the state's
+    a, b = (torch.load(d / "finetuned.pt", weights_only=True) for d in (whole, stopped))
+    assert same_weights(a["state_dict"], b["state_dict"]) and same_weights(a["last_state_dict"], b["last_state_dict"])
+    assert a["finetune"]["selection"] == b["finetune"]["selection"]
+    assert a["eval"]["successes"] == b["eval"]["successes"]
+    trained = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text()[len(lines):].splitlines()]
+    assert not [r for r in trained if r["stage"] == "finetune" and "kl" in r]  # no more iterations ran
