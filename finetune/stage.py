@@ -123,7 +123,8 @@ def run(cfg) -> dict:
                   f"delivering the best weights selected so far")
     term = {"teacher": f"the teacher's labels (teacher_coef {ppo_cfg.teacher_coef}, {getattr(teacher, 'path', '')})",
             "demos": f"the demonstrations (bc_coef {ppo_cfg.bc_coef})", "off": "none"}[imitation]
-    print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {f.iterations} iterations "
+    total = max(int(f.iterations), runner.iteration)  # a stopped run's export trains none: its state's count
+    print(f"[finetune] {info['model_kind']} student from {init_path} on {env.cfg.name}: {total} iterations "
           f"of {f.num_envs} envs x {steps} steps, advantage {f.advantage}, critic {f.critic}, warm-up {warmup}, "
           f"imitation={f.imitation}: {term}, demo resets {f.demo_reset_prob}")
     last = runner.learn(checkpoint_path=state_path, progress=bool(f.progress))
