@@ -4,7 +4,8 @@ step by step, each failed episode classed by what it did.
     python bench/results/bc_spm_scripted/failures_spm.py NAME=CKPT [NAME=CKPT ...] [--seeds 0 1 2] [--n 200]
 
 Per episode: the welded cubes, the tower levels filled (most and last), the grasps, and the grasps of a cube
-that a failed lift had already shown to be welded (``regrasp_known_static``: a memory failure; the
+that a failed lift had already shown to be welded (``regrasp_known_static``, and how many steps after that
+reveal each such grasp came: a memory failure; the
 privileged teacher never does it, it sees which cubes are revealed). For a history transformer with the
 gated memory update, also its update gate z (m' = (1 - z) m + z h) over the same rollouts: per memory
 width the mean z and the half-life in memory updates it implies, log 0.5 / log(1 - z). Writes
@@ -78,10 +79,13 @@ def episode_record(ep: dict, tr: dict, i: int) -> dict:
     L = int(ep["length"][i])
     held, known, filled, static = tr["held"][:L, i], tr["known"][:L, i], tr["filled"][:L, i], tr["static"][i]
     grasp = held[1:] & ~held[:-1]  # (L-1, C) a grasp of the cube starts at this step
+    revealed_at = np.where(known.any(0), known.argmax(0), L)  # (C,) the step the cube's flags were revealed
+    t, c = np.nonzero(grasp & static & known[:-1])
     return {"success": bool(ep["success"][i]), "length": L, "attempts": int(ep["attempts"][i]),
             "n_static": int(static.sum()), "max_filled": int(filled.max()), "last_filled": int(filled[-1]),
             "grasps": int(grasp.sum()), "grasps_static": int((grasp & static).sum()),
-            "regrasp_known_static": int((grasp & static & known[:-1]).sum())}
+            "regrasp_known_static": len(t),
+            "regrasp_steps_after_reveal": (t + 1 - revealed_at[c]).tolist()}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -94,6 +98,10 @@ def summarise(rows: list[dict]) -> dict:
             "failed": len(fail),
             "failed_regrasping_a_known_welded_cube": sum(r["regrasp_known_static"] > 0 for r in fail),
             "succeeded_regrasping_a_known_welded_cube": sum(r["regrasp_known_static"] > 0 for r in ok),
+            "regrasp_steps_after_reveal_in_failures_quartiles": np.quantile(
+                [g for r in fail for g in r["regrasp_steps_after_reveal"]] or [0], [.25, .5, .75]).tolist(),
+            "failed_regrasping_after_filling_a_level": sum(
+                r["regrasp_known_static"] > 0 and r["max_filled"] >= 1 for r in fail),
             "failed_after_filling_the_tower": sum(r["max_filled"] >= 2 for r in fail),
             "failed_never_filling_a_level": sum(r["max_filled"] == 0 for r in fail),
             "failed_by_levels_most_last_welded": {f"{a}/{b}/{c}": n for (a, b, c), n in sorted(Counter(
