@@ -37,7 +37,8 @@ def gate_recorder(policy) -> list | None:
     """Hook the transformer's MemoryGate: a list that fills with each update's (D,) mean z; None without one."""
     from rl.student.model import MemoryGate
 
-    gates = [m for m in policy.net.modules() if isinstance(m, MemoryGate)]
+    net = getattr(policy, "net", None)  # the scripted expert has none
+    gates = [m for m in net.modules() if isinstance(m, MemoryGate)] if net is not None else []
     if not gates:
         return None
     zs: list = []
