@@ -143,7 +143,8 @@ def _plot_gradients(rows: list[dict], x: list, path: Path) -> Path:
 
 def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
     """The panels of ``<stage>_internals.png`` (bc's and fine-tuning's) from the logged keys: residual ratios
-    per layer (a panel per branch), attention entropy per head (a panel per layer), memory norm (mean, max)."""
+    per layer (a panel per branch), attention entropy per head (a panel per layer), memory norm (mean, max),
+    the gated memory's half-life (median, longest width)."""
     panels = []
     for branch in ("attn", "mlp"):
         layers = tuple(sorted(k for k in keys if k.startswith(f"resid_{branch}/")))
@@ -157,6 +158,9 @@ def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
     memory = tuple(k for k in ("memory_norm", "memory_norm_max") if k in keys)
     if memory:
         panels.append((memory, "carried memory L2 norm per token (mean, max)"))
+    half_life = tuple(k for k in ("memory_half_life_median", "memory_half_life_max") if k in keys)
+    if half_life:
+        panels.append((half_life, "memory half-life per width, steps (median, longest): how long it can keep a fact"))
     return panels
 
 

@@ -195,7 +195,8 @@ def test_a_bc_run_logs_the_internals_every_diag_every_steps_and_plots_them(train
     run_dir, result = trained
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = ["resid_attn/layer0", "resid_mlp/layer0", "attn_entropy/layer0/head0", "attn_entropy/layer0/head1",
-            "memory_norm", "memory_norm_max"]  # TINY: one layer, two heads, two memory tokens
+            "memory_norm", "memory_norm_max", "memory_update_share", "memory_half_life_median",
+            "memory_half_life_max"]  # TINY: one layer, two heads, two memory tokens
     measured = [r for r in rows if "memory_norm" in r]
     assert [r["iteration"] for r in measured] == list(range(DIAG_EVERY, result["steps"] + 1, DIAG_EVERY))
     assert all(set(keys) <= set(r) and all(math.isfinite(r[k]) for k in keys) for r in measured)
@@ -203,7 +204,9 @@ def test_a_bc_run_logs_the_internals_every_diag_every_steps_and_plots_them(train
     assert measured[-1]["resid_attn/layer0"] > 0 and measured[-1]["attn_entropy/layer0/head0"] > 0.1
     assert all(0 < r["memory_norm"] <= r["memory_norm_max"] <= 4.0 for r in measured)  # gate: |m| <= 1, D = 16
     titles = [t for _, t in internal_panels({k for r in rows for k in r})]
-    assert len(titles) == 4 and "attn branch" in titles[0] and "mlp branch" in titles[1]
+    assert all(0 < r["memory_update_share"] < 1 and r["memory_half_life_max"] >= r["memory_half_life_median"] > 0
+               for r in measured)
+    assert len(titles) == 5 and "attn branch" in titles[0] and "mlp branch" in titles[1] and "half-life" in titles[4]
     assert "entropy" in titles[2] and "memory" in titles[3]
     png = run_dir / "plots" / "bc_internals.png"
     assert png.stat().st_size > 5_000

@@ -43,6 +43,8 @@ def test_diagnostics_mode_gives_the_action_distribution_of_the_fused_path(name):
         [f"pass{p}/layer{i}" for p in range(cfg.passes) for i in range(cfg.n_layers)]
     expected = {f"resid_{b}/{n}" for b in ("attn", "mlp") for n in layers}
     expected |= {f"attn_entropy/{n}/head{h}" for n in layers for h in range(cfg.n_heads)}
+    if cfg.memory_update == "gate":  # the window has block ends: the gated updates are measured
+        expected |= {"memory_update_share", "memory_half_life_median", "memory_half_life_max"}
     assert set(stats) == expected
     assert model._probe is None  # detached again: the next forward is the fused one
 
@@ -122,3 +124,27 @@ def test_internals_plot_skips_what_a_run_did_not_log(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     written = plot_bc(tmp_path / "metrics.jsonl", tmp_path / "plots")  # an MLP run: no internals
     assert [p.name for p in written] == ["bc_training.png"]
+
+
+@torch.no_grad()
+def test_memory_half_life_is_the_gate_s_update_share_over_the_window():
+    # what the probe reports equals the z of every memory update, taken from a hook on the gate itself
+    model = make("transformer")
+    gate = model.update
+    for p in gate.parameters():
+        p.add_(0.3 * torch.randn_like(p))  # a spread of update shares across the widths
+    seen = []
+    hook = gate.register_forward_hook(lambda g, inputs, _out: seen.append(g.gates(*inputs)[1]))
+    obs = random_obs(model, 3, 3 * model.cfg.block + 2)  # three block ends: three memory updates
+    stats = model.diagnostics(obs)
+    hook.remove()
+    z = torch.cat([s.reshape(-1, s.shape[-1]) for s in seen]).double()  # (updates x B x M, D)
+    assert len(seen) == 3
+    assert stats["memory_update_share"] == pytest.approx(float(z.mean()), rel=1e-5)
+    half_life = model.cfg.block * math.log(0.5) / torch.log1p(-z.mean(0))  # steps, per width
+    assert stats["memory_half_life_median"] == pytest.approx(float(half_life.median()), rel=1e-5)
+    assert stats["memory_half_life_max"] == pytest.approx(float(half_life.max()), rel=1e-5)
+    assert stats["memory_half_life_max"] > stats["memory_half_life_median"] > 0
+    # a gate biased shut keeps its memory: the half-life grows by orders of magnitude
+    model.update.bias = 20.0
+    assert model.diagnostics(obs)["memory_half_life_median"] > 1e4 * stats["memory_half_life_median"]

@@ -19,7 +19,8 @@ from tests.test_student_runner import SMALL, Recorder
 N, EPISODE, T, L = 4, 10, 12, 4
 TRANSFORMER_KEYS = {"resid_attn/layer0", "resid_attn/layer1", "resid_mlp/layer0", "resid_mlp/layer1",
                     "attn_entropy/layer0/head0", "attn_entropy/layer0/head1",
-                    "attn_entropy/layer1/head0", "attn_entropy/layer1/head1", "memory_norm", "memory_norm_max"}
+                    "attn_entropy/layer1/head0", "attn_entropy/layer1/head1", "memory_norm", "memory_norm_max",
+                    "memory_update_share", "memory_half_life_median", "memory_half_life_max"}
 RNN = {"hidden": [16], "rnn_hidden": 16, "rnn_layers": 1, "head_hidden": [16], "prev_action": "on"}
 
 
@@ -35,7 +36,7 @@ def _runner(make, kind="transformer", diagnostics=None, logger=None, **cfg):
 
 
 def _internal(row):
-    return {k for k in row if k.startswith(("resid_", "attn_entropy/", "memory_norm"))}
+    return {k for k in row if k.startswith(("resid_", "attn_entropy/", "memory_norm", "memory_update", "memory_half"))}
 
 
 def test_the_hook_logs_the_transformer_internals_on_due_iterations_and_changes_nothing_else(make):

@@ -10,12 +10,18 @@ What it measures, each averaged over the valid query tokens of the whole window:
 * ``attn_entropy/<layer>/head<h>``: -sum_c p_c log p_c of the head's attention weights over its keys
   (log n for uniform attention over n keys; 0 for attention on one key).
 
+* ``memory_update_share``: the gated memory update's mean z (m' = (1 - z) m + z h, one update per block
+  of K steps), and per memory width w the half-life it implies, K log 0.5 / log(1 - mean z_w) steps:
+  ``memory_half_life_median`` and ``memory_half_life_max`` (the longest-kept width). The memory can keep
+  a fact about as long as that (README: a welded cube forgotten within a few blocks).
+
 ``<layer>`` is ``layer<i>``, or ``pass<p>/layer<i>`` with P > 1 recurrent passes (weights shared, the
 statistics not). Only the step tokens are measured, not the memory's own read and write passes.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -44,6 +50,8 @@ class Probe:
         self.tokens_valid: torch.Tensor | None = None  # (B, N) of the chunk being run, set by the model
         self._sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._counts: dict[str, torch.Tensor | float] = defaultdict(float)
+        self._z_by_width: torch.Tensor | float = 0.0  # (D,) sums of the memory updates' z per width
+        self._z_rows, self._block = 0, 1
 
     def begin_chunk(self, length: torch.Tensor, L: int, S: int, t_idx: torch.Tensor | None) -> None:
         """A chunk of L steps of S tokens: row b's first length[b] steps are real; t_idx (B, L) their
@@ -52,6 +60,15 @@ class Probe:
         if self.step_valid is not None and t_idx is not None:
             steps = steps & self.step_valid.to(steps.device).gather(1, t_idx)
         self.tokens_valid = steps.repeat_interleave(S, 1)  # (B, L*S)
+
+    def memory_update(self, z: torch.Tensor, block: int) -> None:
+        """z (B, M, D) of one gated memory update (a block end of B rows)."""
+        z = z.float().reshape(-1, z.shape[-1])  # (B*M, D)
+        self._sums["memory_update_share"] = self._sums["memory_update_share"] + z.sum()
+        self._counts["memory_update_share"] = self._counts["memory_update_share"] + z.numel()
+        self._z_by_width = self._z_by_width + z.sum(0)
+        self._z_rows += z.shape[0]
+        self._block = block
 
     def layer(self, name: str) -> LayerProbe:
         return LayerProbe(self, name)
@@ -66,7 +83,13 @@ class Probe:
                 self.add(f"{key}{h}", values[:, h])
 
     def summary(self) -> dict[str, float]:
-        return {k: float(self._sums[k]) / self._counts[k] for k in sorted(self._sums) if self._counts[k]}
+        out = {k: float(self._sums[k]) / self._counts[k] for k in sorted(self._sums) if self._counts[k]}
+        if self._z_rows:
+            z = (self._z_by_width / self._z_rows).double()  # (D,) mean update share per width
+            half_life = self._block * math.log(0.5) / torch.log1p(-z)  # steps; z = 1: 0, z = 0: inf
+            out["memory_half_life_median"] = float(half_life.median())
+            out["memory_half_life_max"] = float(half_life.max())
+        return out
 
 
 class LayerProbe:

@@ -151,10 +151,14 @@ class MemoryGate(nn.Module):
         self.ug = nn.Linear(d, d, bias=False)
         self.bias = bias
 
-    def forward(self, m, c):
+    def gates(self, m, c):
+        """m, c (..., D) -> the reset gate r, the update share z (..., D) and Wg c."""
         wr, wz, wg = self.w(c).chunk(3, -1)
         ur, uz = self.u(m).chunk(2, -1)
-        r, z = torch.sigmoid(wr + ur), torch.sigmoid(wz + uz - self.bias)
+        return torch.sigmoid(wr + ur), torch.sigmoid(wz + uz - self.bias), wg
+
+    def forward(self, m, c):
+        r, z, wg = self.gates(m, c)
         return (1 - z) * m + z * torch.tanh(wg + self.ug(r * m))
 
 
@@ -232,6 +236,8 @@ class HistoryTransformer(StudentMixin, nn.Module):
                       None)
         candidate = self.ln_mem(x)  # a normalised candidate: its scale is the stream's, not the gate's problem
         if self.cfg.memory_update == "gate":
+            if self._probe is not None:
+                self._probe.memory_update(self.update.gates(tokens, candidate)[1].detach(), self.cfg.block)
             return self.update(tokens, candidate)
         return self.update(tokens + candidate)  # RMSNorm: per-token RMS equal to its weight
 
