@@ -13,7 +13,8 @@ What it measures, each averaged over the valid query tokens of the whole window:
 * ``memory_update_share``: the gated memory update's mean z (m' = (1 - z) m + z h, one update per block
   of K steps), and per memory width w the half-life it implies, K log 0.5 / log(1 - mean z_w) steps:
   ``memory_half_life_median`` and ``memory_half_life_max`` (the longest-kept width). The memory can keep
-  a fact about as long as that (README: a welded cube forgotten within a few blocks).
+  a fact about as long as that (README: a welded cube forgotten within a few blocks). Averaged over
+  every update the window makes (all rows; not masked by ``step_valid``).
 
 ``<layer>`` is ``layer<i>``, or ``pass<p>/layer<i>`` with P > 1 recurrent passes (weights shared, the
 statistics not). Only the step tokens are measured, not the memory's own read and write passes.
