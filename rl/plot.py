@@ -160,7 +160,7 @@ def internal_panels(keys: set[str]) -> list[tuple[tuple[str, ...], str]]:
         panels.append((memory, "carried memory L2 norm per token (mean, max)"))
     half_life = tuple(k for k in ("memory_half_life_median", "memory_half_life_max") if k in keys)
     if half_life:
-        panels.append((half_life, "memory half-life per width, steps (median, longest): how long it can keep a fact"))
+        panels.append((half_life, "memory half-life per width, steps (median, longest)"))
     return panels
 
 
