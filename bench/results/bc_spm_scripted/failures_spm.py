@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
@@ -44,10 +43,8 @@ def gate_recorder(policy) -> list | None:
     zs: list = []
 
     def hook(gate, inputs, output):
-        memory, content = inputs
-        _, wz, _ = gate.w(content).chunk(3, -1)
-        _, uz = gate.u(memory).chunk(2, -1)
-        zs.append(torch.sigmoid(wz + uz - gate.bias).reshape(-1, wz.shape[-1]).mean(0).numpy())
+        z = gate.gates(*inputs)[1]  # (N, M, D) the update share of this block end
+        zs.append(z.reshape(-1, z.shape[-1]).mean(0).numpy())
     gates[0].register_forward_hook(hook)
     return zs
 
