@@ -40,8 +40,10 @@ $(ISAACLAB_VENV)/.installed: pyproject.toml
 	(e.g. pyenv install 3.12) or pass PYTHON312=/path/to/python3.12"; exit 2; }
 	test -x $(ISAACLAB_PY) || $(PYTHON312) -m venv $(ISAACLAB_VENV)
 	$(ISAACLAB_PY) -m pip install --quiet --upgrade pip
-	# isaaclab==3.0.0 pins its own torch (2.11.0), mujoco (3.12) and warp; nothing here fights those pins
-	$(ISAACLAB_PY) -m pip install --quiet -e '.[isaaclab,dev]'
+	# isaaclab==3.0.0 pins its own torch (2.11.0), mujoco (3.12) and warp; nothing here fights those pins.
+	# --no-cache-dir: pip's cache would keep a second copy of the ~4 GB of CUDA wheels beside the venv
+	# (a CI run ran out of disk in this step, 2026-12-07)
+	$(ISAACLAB_PY) -m pip install --quiet --no-cache-dir -e '.[isaaclab,dev]'
 	touch $@
 
 .PHONY: pipeline test bench isaaclab test-isaaclab
