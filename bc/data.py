@@ -24,7 +24,8 @@ window part right-padded at the episode's end. Per step:
 * ``prev_action``: the raw action of the step before within the episode (zeros at its start).
 
 With ``bc.memory_start=carry`` there are no windows: the episodes are laid end to end in streams and
-cut into chunks whose memory the module carries over (bc/streams.py).
+cut into chunks whose memory the module carries over (bc/streams.py); with ``episodes`` they are
+packed whole into rows of ``window`` steps (bc/streams.py), the gradient over whole episodes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from bc.streams import ChunkSampler, StreamDataset, process_share
 from datasets.arrays import concat_policy_arrays, first_episodes_of, read_policy_arrays
 from datasets.store import EpisodeStore
 from envs.base import ConfigError, ObsSpec
+
+MEMORY_STARTS = ("burn_in", "carry", "episodes")  # bc.memory_start's choices
+STREAMED = ("carry", "episodes")  # the ones served by bc/streams.py: the module carries the memory chunk to chunk
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,9 +133,10 @@ class BCDataModule(L.LightningDataModule):
         self.epochs = epochs  # carry: the epochs of the run (the chunk count covers their deals)
         if perturbed_steps not in ("keep", "mask"):
             raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
-        if memory_start not in ("burn_in", "carry"):
-            raise ConfigError(f"bc.memory_start={memory_start!r}; choose burn_in or carry")
-        self.carry = memory_start == "carry"  # streams of whole episodes (bc/streams.py), not windows
+        if memory_start not in MEMORY_STARTS:
+            raise ConfigError(f"bc.memory_start={memory_start!r}; choose one of {', '.join(MEMORY_STARTS)}")
+        self.carry = memory_start in STREAMED  # streams of whole episodes (bc/streams.py), not windows
+        self.pack = memory_start == "episodes"  # whole episodes packed into rows of window steps
         self.paths = [path] if isinstance(path, str) else list(path)  # the first: bc.dataset; then bc.extra_datasets
         self.path, self.spec = self.paths[0], spec
         self.window, self.stride, self.burn_in = window, stride, burn_in
@@ -155,11 +160,18 @@ class BCDataModule(L.LightningDataModule):
         self.arrays = concat_policy_arrays(parts)
         n = len(self.arrays["ends"])
         self.train_episodes, self.val_episodes = split_episodes(n, self.val_fraction, self.seed)
+        if self.pack:
+            ends = self.arrays["ends"]
+            longest = int((ends - np.concatenate([[0], ends[:-1]])).max())
+            if longest > self.window:
+                raise ConfigError(f"bc.memory_start=episodes packs whole episodes into rows of bc.window="
+                                  f"{self.window} steps, but {self.path} has an episode of {longest}; set "
+                                  f"bc.window={longest} or more")
         if self.carry:
             self.train_set = StreamDataset(self.arrays, self.train_episodes, self.batch_size, self.window, self.seed,
-                                           True, self.mask_perturbed, self.epochs)
+                                           True, self.mask_perturbed, self.epochs, self.pack)
             self.val_set = StreamDataset(self.arrays, self.val_episodes, self._val_streams(), self.window, self.seed,
-                                         False, self.mask_perturbed)
+                                         False, self.mask_perturbed, pack=self.pack)
             return
         self.train_set = WindowDataset(self.arrays, self.train_episodes, self.window, self.stride, self.burn_in,
                                        self.mask_perturbed)

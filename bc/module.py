@@ -11,7 +11,9 @@ items carry no burn-in.
 ``memory_start="carry"`` (truncated BPTT, bc/streams.py): a batch is the next chunk of each stream,
 and its memory is the one the previous chunk ended with, detached, kept here per loop (training and
 validation apart); each training epoch and each validation loop start from the model's initial
-memory (None), and the chunk's ``reset`` restarts it at each episode's first step.
+memory (None), and the chunk's ``reset`` restarts it at each episode's first step. ``"episodes"``
+is the same with rows that each begin at an episode's start (whole episodes packed): what is carried
+over is never used.
 
 AdamW (no weight decay on the log-std, the norms and the embeddings), cosine schedule with linear
 warm-up, per optimizer step; gradient clipping is the Trainer's (``gradient_clip_val``).
@@ -24,6 +26,7 @@ import math
 import lightning as L
 import torch
 
+from bc.data import STREAMED
 from rl.student.head import bc_loss, burn_in
 
 
@@ -37,9 +40,9 @@ class BCModule(L.LightningModule):
         self.mse_weight, self.burn_in, self.seed = mse_weight, burn_in, seed
         self.min_lr_ratio = min_lr_ratio
         self.log_every = max(int(log_every), 1)  # the steps whose numbers MetricsWriter writes (bc.log_every)
-        self.carry = memory_start == "carry"
+        self.carry = memory_start in STREAMED  # carry and episodes: chunks of streams (bc/streams.py)
         if self.carry and burn_in:
-            raise ValueError("memory_start='carry' takes no burn-in (the memory comes from the previous chunk)")
+            raise ValueError(f"memory_start={memory_start!r} takes no burn-in (the memory comes from the chunk before)")
         self._carry: dict[str, object] = {}  # loop -> memory at its next chunk's start (None: initial)
         self._carry_in: dict[str, object] = {}  # loop -> memory its last chunk started from (diagnostics)
         self.grad_stats: dict[str, float] = {}

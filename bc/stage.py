@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bc.callbacks import ClosedLoopSelection, MetricsWriter
-from bc.data import BCDataModule
+from bc.data import STREAMED, BCDataModule
 from bc.module import BCModule
 from common.metrics import MetricsLogger
 from common.rundir import code_version, input_path, output_path, run_dir
@@ -106,9 +106,10 @@ def build(cfg, spec: ObsSpec, action_dim: int) -> torch.nn.Module:
 
 def burn_in_steps(cfg, model: torch.nn.Module) -> int:
     """The no_grad steps before each window: ``bc.burn_in`` for a recurrent student with
-    ``bc.memory_start=burn_in``; 0 for the MLP and with carry (the memory comes from the previous chunk)."""
+    ``bc.memory_start=burn_in``; 0 for the MLP and with carry or episodes (the memory comes from the previous
+    chunk, or the row starts at an episode's start)."""
     recurrent = getattr(model, "is_recurrent", True)
-    return int(cfg.bc.burn_in) if recurrent and str(cfg.bc.memory_start) != "carry" else 0
+    return int(cfg.bc.burn_in) if recurrent and str(cfg.bc.memory_start) not in STREAMED else 0
 
 
 def data_module(cfg, path, spec: ObsSpec, burn_in: int) -> BCDataModule:
@@ -211,7 +212,7 @@ def train(cfg, kind: str | None = None, _stop_after_epochs: int | None = None) -
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     action_dim = int(store.array("data/action").shape[1])
     model = build(cfg, full_spec, action_dim)
-    carry = str(b.memory_start) == "carry"  # the memory comes from the previous chunk: no burn-in, no stride
+    carry = str(b.memory_start) in STREAMED  # the memory comes from the previous chunk: no burn-in, no stride
     burn_in = burn_in_steps(cfg, model)
     if model.kind == "transformer" and not carry:  # carry: a chunk may end mid-block (the memory holds it)
         K = model.cfg.block

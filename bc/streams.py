@@ -17,10 +17,20 @@ streams r, r+W, ...: the global batch is one process's batch of W*b streams. Per
   step an injected failure acted on);
 * ``prev_action``: the raw action of the step before within the episode (zeros at its start), also
   across a chunk boundary.
+
+``bc.memory_start=episodes`` (``pack=True``): no episode is cut. Each epoch's episodes, in the same
+permuted order, are packed whole into rows of ``window`` steps (best fit: each into the row with the
+least room that holds it, else a new row), and a batch is ``streams`` rows. Every row begins at an
+episode's start, so the memory restarts there and the gradient reaches over whole episodes. Why:
+the memory learns to keep a fact only as long as the gradient reaches (a bit needed 112 steps after
+it was shown: learnt over whole episodes, at chance over 32-step chunks;
+bench/results/bc_spm_scripted/long_memory_bit.py), and StackPickMulti needs the welded cube 70-200
+steps after its reveal. ``window`` must hold the longest episode.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 
 import numpy as np
@@ -47,6 +57,27 @@ def deal(lengths: np.ndarray, order: np.ndarray, n_streams: int) -> list[list[in
     return streams
 
 
+def pack(lengths: np.ndarray, order: np.ndarray, capacity: int) -> list[list[int]]:
+    """The episodes ``order`` packed whole into rows of ``capacity`` steps, in that order: each into the
+    row with the least room that still holds it (best fit), else a new row. Rows in order of creation."""
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (steps left, row), sorted
+    for e in order:
+        n = int(lengths[e])
+        if n > capacity:
+            raise ValueError(f"an episode of {n} steps does not fit a row of {capacity}")
+        i = bisect.bisect_left(room, (n, -1))
+        if i == len(room):  # no row has room: a new one
+            rows.append([])
+            left, r = capacity, len(rows) - 1
+        else:
+            left, r = room.pop(i)
+        rows[r].append(int(e))
+        if left - n:
+            bisect.insort(room, (left - n, r))
+    return rows
+
+
 def chunk_count(lengths: np.ndarray, orders: list[np.ndarray], n_streams: int, window: int) -> int:
     """Chunks per epoch, the same every epoch: Lightning sizes the LR schedule from len(train_dataloader)
     once, and DDP's ranks must step together. The longest stream over the deals of ``orders`` (one per
@@ -63,8 +94,9 @@ class StreamDataset(Dataset):
     (the sampler runs in the main process, where the rank is known): tensors (streams, window, ...)."""
 
     def __init__(self, arrays: dict, episodes: np.ndarray, streams: int, window: int, seed: int,
-                 shuffle: bool, mask_perturbed: bool = False, epochs: int = 1):
+                 shuffle: bool, mask_perturbed: bool = False, epochs: int = 1, pack: bool = False):
         self.a, self.streams, self.window, self.seed, self.shuffle = arrays, streams, window, seed, shuffle
+        self.pack = pack  # whole episodes packed into rows (bc.memory_start=episodes), not streams cut in chunks
         self.epochs = epochs  # the chunk count covers this many epochs' deals (a resume with more rebuilds it)
         self._n_chunks: dict[int, int] = {}
         self.mask_perturbed = mask_perturbed
@@ -78,7 +110,11 @@ class StreamDataset(Dataset):
     def n_chunks(self, world: int) -> int:
         if world not in self._n_chunks:
             orders = [self.order(e) for e in range(self.epochs if self.shuffle else 1)]
-            self._n_chunks[world] = chunk_count(self.lengths, orders, self.streams * world, self.window)
+            if self.pack:  # the most rows any epoch's packing needs, in batches of streams x world rows
+                rows = max(len(pack(self.lengths, order, self.window)) for order in orders)
+                self._n_chunks[world] = max(-(-rows // (self.streams * world)), 1)
+            else:
+                self._n_chunks[world] = chunk_count(self.lengths, orders, self.streams * world, self.window)
         return self._n_chunks[world]
 
     def order(self, epoch: int) -> np.ndarray:
@@ -92,19 +128,35 @@ class StreamDataset(Dataset):
         episode starts there. Cached: an epoch's chunks all come from one layout."""
         key = (epoch if self.shuffle else 0, rank, world)
         if self._key != key:
-            mine = deal(self.lengths, self.order(epoch), self.streams * world)[rank::world]
-            step = np.full((len(mine), self.n_chunks(world) * self.window), -1, np.int64)
-            if max(int(self.lengths[eps].sum()) if eps else 0 for eps in mine) > step.shape[1]:
+            if self.pack:  # stream j: its packed rows, chunk c's at column c * window
+                parts = [[(c * self.window, row) for c, row in enumerate(rows)]
+                         for rows in self._packed(epoch, rank, world)]
+            else:  # stream j: its episodes end to end from column 0
+                parts = [[(0, eps)] for eps in deal(self.lengths, self.order(epoch), self.streams * world)[rank::world]]
+            step = np.full((len(parts), self.n_chunks(world) * self.window), -1, np.int64)
+            if max(at + int(self.lengths[eps].sum()) for p in parts for at, eps in p) > step.shape[1]:
                 raise RuntimeError(f"epoch {epoch} is beyond the {self.epochs} epochs the chunk count was sized for")
             first = np.zeros(step.shape, bool)
-            for row, eps in enumerate(mine):
-                if not eps:
-                    continue
-                idx = np.concatenate([np.arange(self.begins[e], self.begins[e] + self.lengths[e]) for e in eps])
-                step[row, :len(idx)] = idx
-                first[row, np.cumsum([0, *self.lengths[eps[:-1]]])] = True
+            for s, p in enumerate(parts):
+                for at, eps in p:
+                    for e in eps:
+                        step[s, at:at + self.lengths[e]] = np.arange(self.begins[e], self.begins[e] + self.lengths[e])
+                        first[s, at] = True
+                        at += int(self.lengths[e])
             self._key, self._layout = key, (step, first)
         return self._layout
+
+    def _packed(self, epoch: int, rank: int, world: int) -> list[list[list[int]]]:
+        """This process's streams with ``pack``, each a list of n_chunks packed rows: stream j's row for
+        chunk c is the epoch's row c * streams * world + j * world + rank (rank r takes every world-th row
+        of each global batch, as with the deal); rows past the epoch's last are empty (padding)."""
+        rows = pack(self.lengths, self.order(epoch), self.window)
+        n, width = self.n_chunks(world), self.streams * world
+        if len(rows) > n * width:
+            raise RuntimeError(f"epoch {epoch} is beyond the {self.epochs} epochs the chunk count was sized for")
+        rows += [[] for _ in range(n * width - len(rows))]
+        grid = np.arange(n * width).reshape(n, width)[:, rank::world]  # (chunks, streams): row ids
+        return [[rows[grid[c, j]] for c in range(n)] for j in range(self.streams)]
 
     def __getitem__(self, key: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
         epoch, c, rank, world = key

@@ -242,7 +242,7 @@ class BCSchema:
     window: int = count()
     window_stride: int = count()
     burn_in: int = spec(ge=0)
-    memory_start: str = spec(choices=("burn_in", "carry"))
+    memory_start: str = spec(choices=("burn_in", "carry", "episodes"))
     val_fraction: float = spec(ge=0.0, le=0.5)
     perturbed_steps: str = spec(choices=("keep", "mask"))
     num_workers: int = spec(ge=0)

@@ -9,8 +9,10 @@ import torch
 from torch.distributions import Normal
 
 from bc.module import BCModule
-from bc.streams import ChunkSampler, StreamDataset
+from bc.streams import ChunkSampler, StreamDataset, pack
+from envs.base import ObsSpec, ObsTerm
 from rl.student.head import bc_loss
+from rl.student.model import build_student
 from tests.test_bc import dataset, make_cfg, synthetic  # noqa: F401  (dataset: the session fixture)
 from tests.test_student_model import make
 
@@ -190,3 +192,114 @@ def test_a_batch_of_padding_only_writes_no_train_numbers():
     for valid in (torch.zeros(2, 6, dtype=torch.bool), torch.ones(2, 6, dtype=torch.bool)):
         writer.on_train_batch_end(trainer, module, None, {"valid": valid}, 0)
     assert len(Log.rows) == 1 and Log.rows[0]["train_loss"] == 0.0  # only the real batch's row
+
+
+# bc.memory_start=episodes: whole episodes packed into rows of window steps (bc/streams.py pack)
+
+
+def test_packing_keeps_each_episode_whole_at_a_row_start_and_every_step_once():
+    a = synthetic(np.cumsum(LENGTHS))
+    window = 20  # the longest training episode is 18
+    data = StreamDataset(a, TRAIN, streams=2, window=window, seed=0, shuffle=True, epochs=4, pack=True)
+    ends = a["ends"]
+    begins = np.concatenate([[0], ends[:-1]])
+    train_rows = sorted(int(i) for e in TRAIN for i in range(begins[e], ends[e]))
+    n_steps, layouts = len(train_rows), set()
+    for epoch in range(4):
+        full = epoch_of(data, epoch)
+        real, starts, g = full["valid"], full["starts"], full["action"][..., 0]
+        assert sorted(g[real].long().tolist()) == train_rows  # every training step once, nothing else
+        t = full["policy"][..., 1]  # step within the episode
+        assert torch.equal(starts, real & (t == 0))
+        for row in range(2):
+            for c in range(data.n_chunks(1)):
+                cols = slice(c * window, (c + 1) * window)
+                r, s = real[row, cols], starts[row, cols]
+                n = int(r.sum())
+                assert r[:n].all() and not r[n:].any()  # a row: episodes, then padding
+                assert n == 0 or s[0]  # every non-empty row begins at an episode's start: nothing is cut
+                ep = full["policy"][row, cols, 0][:n]
+                for e in ep.unique():  # each episode of the row whole: its steps 0..len-1 in order
+                    assert torch.equal(t[row, cols][:n][ep == e], torch.arange(LENGTHS[int(e)]).float())
+        assert full["valid"].numel() >= n_steps
+        layouts.add(tuple(g[real].long().tolist()))
+    assert len(layouts) == 4  # each epoch packs its own permutation
+    # the same batches for 2 processes of 1 stream as for one process of 2 (DDP's global batch)
+    shared = StreamDataset(a, TRAIN, 1, window, 0, True, epochs=4, pack=True)
+    assert shared.n_chunks(2) == data.n_chunks(1)
+    one = epoch_of(data, 3)
+    for rank in range(2):
+        for k, v in epoch_of(shared, 3, rank, 2).items():
+            assert torch.equal(v, one[k][rank::2]), k
+
+
+def test_best_fit_packing_fills_rows_tighter_than_one_episode_per_row():
+    lengths = np.random.default_rng(0).integers(40, 300, size=500)  # StackPickMulti-like episode lengths
+    rows = pack(lengths, np.random.default_rng(1).permutation(500), 304)
+    assert sorted(e for r in rows for e in r) == list(range(500))
+    assert all(lengths[r].sum() <= 304 for r in rows)
+    assert lengths.sum() / (304 * len(rows)) > 0.85  # one episode per row: 0.56
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(np.array([10, 305]), np.arange(2), 304)
+
+
+def test_episodes_mode_refuses_a_window_shorter_than_an_episode(dataset):  # noqa: F811
+    from bc.data import BCDataModule
+    from datasets.store import EpisodeStore
+    from envs.base import ConfigError
+    spec = ObsSpec.from_dict(EpisodeStore.open(dataset).attrs["obs_spec"])
+    dm = BCDataModule(str(dataset), spec, window=4, stride=4, burn_in=0, batch_size=2, val_fraction=0.2, seed=0,
+                      memory_start="episodes")
+    with pytest.raises(ConfigError, match=r"bc.window=\d+ or more"):
+        dm.setup()
+
+
+def _late_bit_arrays(n: int, T: int, late: int, seed: int) -> dict:
+    """n episodes of T steps: a bit (+-1) in obs column 0 at step 0 only; the action is the bit on the
+    first and the last ``late`` steps, 0 between (early: read it; late: remember it)."""
+    g = np.random.default_rng(seed)
+    bit = g.integers(0, 2, n) * 2.0 - 1.0
+    obs = 0.1 * g.normal(size=(n, T, 9))
+    obs[:, :, 0] = 0.0
+    obs[:, 0, 0] = bit
+    action = np.zeros((n, T, 5))
+    action[:, :late, :] = action[:, T - late:, :] = bit[:, None, None]
+    return {"obs": obs.reshape(n * T, 9).astype(np.float32), "action": action.reshape(n * T, 5).astype(np.float32),
+            "perturbed": np.zeros(n * T, bool), "ends": np.arange(1, n + 1) * T}
+
+
+@pytest.mark.parametrize("memory_start, window", [("carry", 8), ("episodes", 24)])
+def test_whole_episode_packing_teaches_a_memory_that_carried_chunks_cannot(memory_start, window):
+    """The bit is needed 16-23 steps after it was shown. Carried 8-step chunks (truncated BPTT) never
+    send that loss's gradient back to step 0: at chance. Whole episodes (episodes mode): learnt."""
+    from tests.test_student_model import MEMORY_TASK
+    T, late = 24, 8
+    spec = ObsSpec({"policy": [ObsTerm("gripper", "pos", 0, 3), ObsTerm("cube0", "pos", 3, 6),
+                               ObsTerm("cube1", "pos", 6, 9)]})
+    torch.manual_seed(0)
+    model = build_student("transformer", spec, MEMORY_TASK["transformer"])
+    module = BCModule(model, 3e-3, 0.0, 1, 1.0, burn_in=0, seed=0, memory_start=memory_start)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = StreamDataset(_late_bit_arrays(256, T, late, 0), np.arange(256), 8, window, 0, True, epochs=10,
+                         pack=memory_start == "episodes")
+    model.train()
+    for epoch in range(10):  # whole episodes: at 1.0 from epoch 8 on (at chance at 6); carry at chance at 12 too
+        module._carry.clear()
+        for c in range(data.n_chunks(1)):
+            loss, _ = module.loss(data[(epoch, c, 0, 1)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test = _late_bit_arrays(256, T, late, 1)
+    obs = torch.from_numpy(test["obs"]).view(256, T, 9)
+    starts = torch.zeros(256, T, dtype=torch.bool)
+    starts[:, 0] = True
+    with torch.no_grad():
+        mean = model.forward_sequence({"policy": obs, "prev_action": torch.zeros(256, T, 5)}, starts)[0].mean
+    bit = torch.from_numpy(test["action"]).view(256, T, 5)[:, -1, 0]
+    acc = ((mean[:, T - late:, 0] > 0) == (bit[:, None] > 0)).float().mean().item()
+    if memory_start == "carry":
+        assert acc < 0.7, acc
+    else:
+        assert acc > 0.95, acc
