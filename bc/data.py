@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bc.streams import ChunkSampler, StreamDataset, process_share
-from datasets.arrays import concat_policy_arrays, first_episodes_of, read_policy_arrays
+from datasets.arrays import concat_policy_arrays, first_episodes_of, read_hidden_flags, read_policy_arrays
 from datasets.store import EpisodeStore
 from envs.base import ConfigError, ObsSpec
 
@@ -128,8 +128,12 @@ class BCDataModule(L.LightningDataModule):
 
     def __init__(self, path: str | list[str], spec: ObsSpec, window: int, stride: int, burn_in: int, batch_size: int,
                  val_fraction: float, seed: int, perturbed_steps: str = "keep", num_workers: int = 0,
-                 num_episodes: int | None = None, memory_start: str = "burn_in", epochs: int = 1):
+                 num_episodes: int | None = None, memory_start: str = "burn_in", epochs: int = 1,
+                 aux_hidden: bool = False):
         super().__init__()
+        self.aux_hidden = aux_hidden  # batches also carry "aux": the privileged hidden flags (read_hidden_flags)
+        if aux_hidden and memory_start not in STREAMED:
+            raise ConfigError("bc.aux_hidden_weight > 0 needs bc.memory_start=carry or episodes")
         self.epochs = epochs  # carry: the epochs of the run (the chunk count covers their deals)
         if perturbed_steps not in ("keep", "mask"):
             raise ConfigError(f"bc.perturbed_steps={perturbed_steps!r}; choose keep or mask")
@@ -145,10 +149,18 @@ class BCDataModule(L.LightningDataModule):
         self.num_episodes = num_episodes  # the first N committed episodes (None: all)
         self.arrays: dict | None = None
 
+    @property
+    def aux_dim(self) -> int:
+        """Width of the batches' "aux" targets (0: none)."""
+        return int(self.arrays["aux"].shape[1]) if self.arrays is not None and "aux" in self.arrays else 0
+
     def setup(self, stage: str | None = None) -> None:
         if self.arrays is not None:
             return
         parts = [read_policy_arrays(EpisodeStore.open(p), self.spec) for p in self.paths]
+        if self.aux_hidden:
+            for part, p in zip(parts, self.paths):
+                part["aux"] = read_hidden_flags(EpisodeStore.open(p), self.spec)
         n = len(parts[0]["ends"])
         if n == 0:
             raise ConfigError(f"dataset {self.path} has no committed episodes; collect some first")

@@ -33,9 +33,14 @@ from rl.student.head import bc_loss, burn_in
 class BCModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int,
                  mse_weight: float, burn_in: int, seed: int, min_lr_ratio: float = 0.1,
-                 memory_start: str = "burn_in", log_every: int = 1):
+                 memory_start: str = "burn_in", log_every: int = 1, aux_weight: float = 0.0, aux_dim: int = 0):
         super().__init__()
         self.model = model
+        # bc.aux_hidden_weight: a linear probe on the head's input, trained beside the policy to predict the
+        # privileged hidden flags (batch["aux"]): a dense signal for the memory to keep what the policy group
+        # hides. Training only: the student (self.model, student.pt) holds no part of it.
+        self.aux_weight = aux_weight
+        self.aux_head = torch.nn.Linear(_feature_dim(model), aux_dim) if aux_weight > 0 and aux_dim else None
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.mse_weight, self.burn_in, self.seed = mse_weight, burn_in, seed
         self.min_lr_ratio = min_lr_ratio
@@ -61,13 +66,19 @@ class BCModule(L.LightningModule):
         std of the mean action (a masked gather and a host sync: only on steps that are logged)."""
         B = self.burn_in
         memory0 = self._carry.get(loop) if self.carry else None
-        dist, memory = self.model.forward_sequence(*self.window_inputs(batch, memory0))
+        features, memory = self.model.sequence_features(*self.window_inputs(batch, memory0))  # (B, T, F)
+        dist = self.model.head(features, self.model.norm)  # = forward_sequence
         if self.carry:
             self._carry_in[loop] = memory0
             self._carry[loop] = memory.detach() if memory is not None else None
         loss, info = bc_loss(dist, batch["action"][:, B:], batch["valid"][:, B:], self.mse_weight)
         valid = batch["valid"][:, B:]
         info["n"] = valid.sum().to(loss.dtype)
+        if self.aux_head is not None:
+            aux = torch.nn.functional.binary_cross_entropy_with_logits(
+                self.aux_head(features)[valid], batch["aux"][:, B:][valid]) if valid.any() else loss.new_zeros(())
+            loss = loss + self.aux_weight * aux
+            info["aux_bce"] = aux.detach()
         if spread:
             info["action_spread"] = dist.mean[valid].std(0).mean().detach() if valid.sum() > 1 else loss.new_zeros(())
         return loss, info
@@ -126,6 +137,8 @@ class BCModule(L.LightningModule):
         n = float(info.pop("n"))
         self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=max(int(n), 1))
         self.log("val_mse", info["mse"], sync_dist=True, batch_size=max(int(n), 1))
+        if "aux_bce" in info:  # val_loss includes aux_hidden_weight x this
+            self.log("val_aux_bce", info["aux_bce"], sync_dist=True, batch_size=max(int(n), 1))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # gradient norms before clipping (Lightning clips after this hook), per top-level part; only on
@@ -147,7 +160,9 @@ class BCModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        named = list(self.model.named_parameters())
+        named += list(self.aux_head.named_parameters()) if self.aux_head is not None else []
+        for name, p in named:
             (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
@@ -168,3 +183,8 @@ class BCModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["student_config"] = self.model.config_dict()
+
+
+def _feature_dim(model: torch.nn.Module) -> int:
+    """Width of the head's input (``sequence_features``' last dim): the head's first Linear's input."""
+    return next(m for m in model.head.modules() if isinstance(m, torch.nn.Linear)).in_features

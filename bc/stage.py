@@ -119,14 +119,17 @@ def data_module(cfg, path, spec: ObsSpec, burn_in: int) -> BCDataModule:
     paths = path if isinstance(path, list) else str(path)
     return BCDataModule(paths, spec, int(b.window), int(b.window_stride), burn_in, int(b.batch_size),
                         float(b.val_fraction), int(cfg.seed), str(b.perturbed_steps), int(b.num_workers),
-                        None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs))
+                        None if b.num_episodes is None else int(b.num_episodes), str(b.memory_start), int(b.epochs),
+                        float(b.aux_hidden_weight) > 0)
 
 
-def bc_module(cfg, model: torch.nn.Module, burn_in: int) -> BCModule:
-    """The LightningModule of ``cfg.bc`` around ``model``: what stage=bc and bench/bc_throughput.py train."""
+def bc_module(cfg, model: torch.nn.Module, burn_in: int, aux_dim: int = 0) -> BCModule:
+    """The LightningModule of ``cfg.bc`` around ``model``: what stage=bc and bench/bc_throughput.py train.
+    ``aux_dim``: the data module's (its batches' "aux" width, with bc.aux_hidden_weight > 0)."""
     b = cfg.bc
     return BCModule(model, float(b.lr), float(b.weight_decay), int(b.warmup_steps), float(b.mse_weight), burn_in,
-                    int(cfg.seed), memory_start=str(b.memory_start), log_every=int(b.log_every))
+                    int(cfg.seed), memory_start=str(b.memory_start), log_every=int(b.log_every),
+                    aux_weight=float(b.aux_hidden_weight), aux_dim=aux_dim)
 
 
 def _check_resume(ckpt_path: Path, model: torch.nn.Module) -> None:
@@ -229,7 +232,7 @@ def train(cfg, kind: str | None = None, _stop_after_epochs: int | None = None) -
     if resume:
         _check_resume(last_ckpt, model)
 
-    module = bc_module(cfg, model, burn_in)
+    module = bc_module(cfg, model, burn_in, dm.aux_dim)
     n_eval = int(b.eval_episodes)
     selection = ClosedLoopSelection(lambda: make_env({**env_cfg, "num_envs": min(n_eval, 32)}), int(b.eval_every),
                                     n_eval, int(cfg.seed))

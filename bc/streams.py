@@ -169,9 +169,13 @@ class StreamDataset(Dataset):
         act = np.where(real[..., None], self.a["action"][np.where(real, idx, 0)], 0.0).astype(np.float32)
         prev = np.where(has_prev[..., None], self.a["action"][np.where(has_prev, idx - 1, 0)], 0.0)
         valid = real & ~self.a["perturbed"][np.where(real, idx, 0)] if self.mask_perturbed else real
-        return {"policy": torch.from_numpy(obs), "prev_action": torch.from_numpy(prev.astype(np.float32)),
-                "action": torch.from_numpy(act), "starts": torch.from_numpy(starts.copy()),
-                "reset": torch.from_numpy(starts.copy()), "valid": torch.from_numpy(valid.copy())}
+        batch = {"policy": torch.from_numpy(obs), "prev_action": torch.from_numpy(prev.astype(np.float32)),
+                 "action": torch.from_numpy(act), "starts": torch.from_numpy(starts.copy()),
+                 "reset": torch.from_numpy(starts.copy()), "valid": torch.from_numpy(valid.copy())}
+        if "aux" in self.a:  # bc.aux_hidden_weight: the privileged hidden flags at each step (0 on padding)
+            aux = np.where(real[..., None], self.a["aux"][np.where(real, idx, 0)], 0.0)
+            batch["aux"] = torch.from_numpy(aux.astype(np.float32))
+        return batch
 
     def padding_share(self, epoch: int = 0, world: int = 1) -> float:
         """Share of the computed stream positions (all ranks) after a stream's end."""

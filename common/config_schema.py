@@ -243,6 +243,7 @@ class BCSchema:
     window_stride: int = count()
     burn_in: int = spec(ge=0)
     memory_start: str = spec(choices=("burn_in", "carry", "episodes"))
+    aux_hidden_weight: float = spec(ge=0.0)
     val_fraction: float = spec(ge=0.0, le=0.5)
     perturbed_steps: str = spec(choices=("keep", "mask"))
     num_workers: int = spec(ge=0)

@@ -30,11 +30,22 @@ def read_policy_arrays(store: EpisodeStore, spec: ObsSpec, group: str = "policy"
             "perturbed": np.any(flags, 0) if flags else np.zeros(steps, bool), "ends": store.episode_ends}
 
 
+def read_hidden_flags(store: EpisodeStore, spec: ObsSpec) -> np.ndarray:
+    """(T, 2 x objects) float32: each object's ``hidden`` term of the privileged group, its known flag and
+    its static flag (columns 0 and 3; in the revealed view both stay 0 until a lift reveals the object).
+    What the policy group hides and history can tell: an auxiliary target for a student's memory."""
+    terms = [t for t in spec.groups.get("privileged", []) if t.name == "hidden"]
+    if not terms:
+        raise ConfigError(f"{store.path} has no privileged hidden terms (no objects with hidden properties); "
+                          f"set bc.aux_hidden_weight=0")
+    cols = [store.read(f"data/obs/privileged/{t.entity}_hidden")[:, [0, 3]] for t in terms]
+    return np.concatenate(cols, 1).astype(np.float32)
+
+
 def first_episodes_of(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """The arrays of the first ``n`` episodes."""
     end = int(arrays["ends"][n - 1]) if n else 0
-    return {"obs": arrays["obs"][:end], "action": arrays["action"][:end], "perturbed": arrays["perturbed"][:end],
-            "ends": arrays["ends"][:n]}
+    return {**{k: v[:end] for k, v in arrays.items() if k != "ends"}, "ends": arrays["ends"][:n]}
 
 
 def concat_policy_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -42,6 +53,5 @@ def concat_policy_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.nda
     if len(parts) == 1:
         return parts[0]
     offsets = np.cumsum([0] + [len(p["action"]) for p in parts[:-1]])
-    return {"obs": np.concatenate([p["obs"] for p in parts]), "action": np.concatenate([p["action"] for p in parts]),
-            "perturbed": np.concatenate([p["perturbed"] for p in parts]),
-            "ends": np.concatenate([p["ends"] + off for p, off in zip(parts, offsets)])}
+    per_step = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "ends"}  # obs, action, ...
+    return {**per_step, "ends": np.concatenate([p["ends"] + off for p, off in zip(parts, offsets)])}
