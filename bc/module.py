@@ -66,8 +66,12 @@ class BCModule(L.LightningModule):
         std of the mean action (a masked gather and a host sync: only on steps that are logged)."""
         B = self.burn_in
         memory0 = self._carry.get(loop) if self.carry else None
-        features, memory = self.model.sequence_features(*self.window_inputs(batch, memory0))  # (B, T, F)
-        dist = self.model.head(features, self.model.norm)  # = forward_sequence
+        inputs = self.window_inputs(batch, memory0)
+        if self.aux_head is None:  # forward_sequence: what bench/bc_throughput.py's per-step loop replaces
+            dist, memory = self.model.forward_sequence(*inputs)
+        else:  # the same, split at the head's input, which the aux probe reads too
+            features, memory = self.model.sequence_features(*inputs)  # (B, T, F)
+            dist = self.model.head(features, self.model.norm)
         if self.carry:
             self._carry_in[loop] = memory0
             self._carry[loop] = memory.detach() if memory is not None else None
