@@ -157,10 +157,11 @@ class BCDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.arrays is not None:
             return
-        parts = [read_policy_arrays(EpisodeStore.open(p), self.spec) for p in self.paths]
+        stores = [EpisodeStore.open(p) for p in self.paths]
+        parts = [read_policy_arrays(store, self.spec) for store in stores]
         if self.aux_hidden:
-            for part, p in zip(parts, self.paths):
-                part["aux"] = read_hidden_flags(EpisodeStore.open(p), self.spec)
+            for part, store in zip(parts, stores):
+                part["aux"] = read_hidden_flags(store, self.spec)
         n = len(parts[0]["ends"])
         if n == 0:
             raise ConfigError(f"dataset {self.path} has no committed episodes; collect some first")
